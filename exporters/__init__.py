@@ -1,0 +1,1 @@
+"""File formats for fixed-topology animated meshes: USD, Alembic, point caches, mesh sequences, glTF."""

@@ -1,0 +1,23 @@
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from tracker import __version__
+from tracker.cli import main
+
+
+def test_version_and_help():
+    runner = CliRunner()
+    res = runner.invoke(main, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+    res = runner.invoke(main, ["--help"])
+    assert res.exit_code == 0 and "animated 3D head" in res.output
+
+
+def test_console_scripts_installed():
+    # The installed entry points run as real processes.
+    for prog in ("nphm-track", "nphm-train"):
+        out = subprocess.run([prog, "--version"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert __version__ in out.stdout

@@ -1,0 +1,1 @@
+"""Training loops and data generation: the synthetic head world, the head model, encoders and regressor."""
