@@ -85,5 +85,148 @@ def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, 
     click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path))
 
 
+@main.command("encoders")
+@click.option("--kind", type=click.Choice(["normals", "points"]), required=True,
+              help="normals: E_n (camera-space normals); points: E_p (canonical point map).")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Renders folder from `nphm-train data renders` (trains on its train split).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (encoder.pt, train_state.pt, config.json, eval_log.jsonl); re-running resumes.")
+@click.option("--preset", default="default", show_default=True, help="Encoder preset: tiny, default, large.")
+@click.option("--steps", type=int, default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=int, default=500, show_default=True, help="Held-out evaluation period (steps).")
+@click.option("--eval-images", type=int, default=64, show_default=True, help="Held-out images evaluated.")
+@click.option("--max-train-images", type=int, default=None, help="Use only the first N training renders.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
+@one_line_errors("nphm-train")
+def encoders(kind: str, data_dir: str, out_dir: str, preset: str, steps: int, batch_size: int, lr: float,
+             seed: int, eval_every: int, eval_images: int, max_train_images: int | None,
+             threads: int | None) -> None:
+    """Train a geometric encoder (ViT encoder-decoder) on synthetic renders (see train/encoder_training.py)."""
+    import torch
+
+    from train.encoder_training import EncoderTrainConfig, train_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = EncoderTrainConfig(data_dir=data_dir, out_dir=out_dir, target=kind, preset=preset, steps=steps,
+                             batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                             eval_images=eval_images, max_train_images=max_train_images)
+    result = train_encoder(cfg)
+    click.echo(f"{result.checkpoint}: {result.steps} steps in {result.seconds:.1f} s this run")
+    if result.metrics is not None:
+        click.echo(result.metrics.summary())
+
+
+@main.command("eval-encoders")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Renders folder.")
+@click.option("--split", type=click.Choice(["heldout", "train", "all"]), default="heldout", show_default=True)
+@click.option("--max-images", type=int, default=None, help="Evaluate only the first N images of the split.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures of every checkpoint to this JSON file.")
+@one_line_errors("nphm-train")
+def eval_encoders(checkpoints: tuple[str, ...], data_dir: str, split: str, max_images: int | None,
+                  json_path: str | None) -> None:
+    """Normal angular error (deg) / point-map L1 (mm) over the face of encoder CHECKPOINTS, by |yaw|."""
+    import json
+
+    from train.encoder_eval import evaluate_checkpoint
+
+    results = {}
+    for path in checkpoints:
+        metrics = evaluate_checkpoint(path, data_dir, split, max_images)
+        click.echo(f"{path}\n{metrics.summary()}")
+        results[path] = metrics.to_dict()
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+@main.command("head")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder written by `nphm-train data heads`.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: head.pt, train_state.pt (resume), config.json.")
+@click.option("--preset", default="default", show_default=True, help="Head network preset (default, mononphm).")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--heads-per-step", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Heads (identity, expression) per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of codes, network and sampling.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Steps between resumable training states.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@one_line_errors("nphm-train")
+def head(data_dir: str, out_dir: str, preset: str, steps: int, heads_per_step: int, seed: int,
+         checkpoint_every: int, ict_path: str | None, threads: int | None) -> None:
+    """Train the head model (auto-decoder) on SDF samples; resumes from OUT/train_state.pt."""
+    import torch
+
+    from train.head_training import HeadTrainConfig, train_head
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = HeadTrainConfig(data_dir=data_dir, out_dir=out_dir, preset=preset, steps=steps,
+                          heads_per_step=heads_per_step, seed=seed, checkpoint_every=checkpoint_every,
+                          ict_path=ict_path)
+    result = train_head(cfg)
+    click.echo(f"{result.checkpoint}: {result.steps} steps, {result.seconds / 60:.1f} min this run, "
+               f"last surface |sdf| {result.final_losses.get('surf_sdf', float('nan')) * 250:.3f} mm")
+
+
+@main.command("register")
+@click.argument("mesh", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Head checkpoint (project format).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npz of codes.")
+@click.option("--units", type=click.Choice(["model", "cm", "m"]), default="model", show_default=True,
+              help="Units of the mesh vertices (model: 1 cm = 0.04; cm: ICT centimetres, ICT frame).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Optimisation steps.")
+@click.option("--points", type=click.IntRange(min=100), default=20000, show_default=True,
+              help="Points sampled on the mesh.")
+@one_line_errors("nphm-train")
+def register(mesh: str, model_path: str, out_path: str, units: str, steps: int, points: int) -> None:
+    """Fit identity and expression codes to MESH with the frozen head model (Pix2NPHM Eq. 11)."""
+    from train.registration import RegisterConfig, register_mesh_file
+
+    reg = register_mesh_file(mesh, model_path, out_path, units, RegisterConfig(steps=steps), points)
+    click.echo(f"{out_path}: mean |sdf| at the mesh {reg.final_sdf_l1 * 250:.3f} mm after {steps} steps "
+               f"({reg.seconds:.1f} s)")
+
+
+@main.command("eval-head")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Head checkpoint written by `nphm-train head`.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The `nphm-train data heads` folder the model was trained on (its held-out heads are used).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the full report (per head and summary) as JSON here.")
+@click.option("--resolution", type=click.IntRange(min=32), default=256, show_default=True,
+              help="Marching-cubes resolution over the face box.")
+@click.option("--max-heads", type=click.IntRange(min=1), default=None, help="Evaluate at most N heads per held-out split (evenly spread).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Registration steps.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def eval_head(model_path: str, data_dir: str, out_path: str | None, resolution: int, max_heads: int | None,
+              steps: int, ict_path: str | None) -> None:
+    """Representation error: register held-out heads, Chamfer L1/L2 (mm) and normal consistency (face)."""
+    import json
+
+    from train.registration import RegisterConfig, evaluate_checkpoint
+
+    report = evaluate_checkpoint(model_path, data_dir, ict_path, RegisterConfig(steps=steps), resolution, max_heads)
+    if out_path:
+        from pathlib import Path
+
+        Path(out_path).write_text(json.dumps(report, indent=2))
+    click.echo(json.dumps(report["summary"]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
