@@ -335,3 +335,18 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, Tensor], source:
     if bad:
         raise InputError(f"{source}: wrong tensor shapes: {', '.join(bad)}")
     module.load_state_dict(state)
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def default_weights(name: str = "head_default") -> Path:
+    """Path of a weights file shipped in ``model/weights/`` (``<name>.pt``); the one place assets resolve.
+
+    Raises :class:`InputError` when the file is not there (e.g. a stage whose weights are not trained yet).
+    """
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        have = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.is_dir() else []
+        raise InputError(f"{path}: no such weights file; shipped: {', '.join(have) or 'none'}")
+    return path

@@ -22,6 +22,7 @@ def main() -> None:
 
     \b
     Subcommands:
+      sample   animate the head model's mean identity through learnt expressions
       export   convert an animation or track file to another format (.usd, .abc, .pc2, ...)
     """
 
@@ -46,6 +47,29 @@ def export(animation: Path, out: Path, fps: float | None, units: str | None, ble
     options = {k: v for k, v in (("blendshapes", blendshapes), ("morph_targets", morph_targets))
                if v is not None}
     result = convert_animation(animation, out, fps=fps, units=units, **options)
+    click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, "
+               f"{result.bytes_written / 1e6:.2f} MB")
+
+
+@main.command("sample")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Output animation; the extension picks the format (.usd .abc .pc2 .mdd .glb .npz, folder/).")
+@click.option("--model", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Head checkpoint [default: the shipped model/weights/head_default.pt].")
+@click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True, help="Number of frames.")
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Frames per second.")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Marching-cubes resolution of the neutral mesh.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which learnt expressions are visited.")
+@one_line_errors("nphm-track")
+def sample(out: Path, model: Path | None, frames: int, fps: float, resolution: int, seed: int) -> None:
+    """Animate the head model's mean identity through learnt expressions (no video needed).
+
+    The mesh keeps one topology for every frame, so the result is a point-cache style animation.
+    """
+    from tracker.sample import SampleConfig, sample_animation
+
+    result = sample_animation(out, model, SampleConfig(frames=frames, fps=fps, resolution=resolution, seed=seed))
     click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, "
                f"{result.bytes_written / 1e6:.2f} MB")
 
