@@ -175,8 +175,9 @@ def head(data_dir: str, out_dir: str, preset: str, steps: int, heads_per_step: i
                           heads_per_step=heads_per_step, seed=seed, checkpoint_every=checkpoint_every,
                           ict_path=ict_path)
     result = train_head(cfg)
-    click.echo(f"{result.checkpoint}: {result.steps} steps, {result.seconds / 60:.1f} min this run, "
-               f"last surface |sdf| {result.final_losses.get('surf_sdf', float('nan')) * 250:.3f} mm")
+    last = (f", last surface |sdf| {result.final_losses['surf_sdf'] * 250:.3f} mm"
+            if "surf_sdf" in result.final_losses else "")
+    click.echo(f"{result.checkpoint}: {result.steps} steps, {result.seconds / 60:.1f} min this run{last}")
 
 
 @main.command("register")

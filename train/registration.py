@@ -11,7 +11,8 @@ median and the median absolute deviation).
 
 The representation error registers held-out heads of a ``nphm-train data heads`` folder (identities and
 expressions the model never saw), extracts the registered surface by marching cubes and compares it with
-the ground-truth outer surface over the ICT face area (:func:`train.metrics.chamfer`).
+the ground-truth outer surface over the ICT face area above the neck cut (:func:`evaluation_region`,
+:func:`train.metrics.chamfer`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from model.errors import InputError
 from model.head import HeadLayer
 from model.mesh import extract_mesh
 from train import frame
-from train.geometry import SurfaceConfig, outer_surface, surface_topology
+from train.geometry import HeadSurface, SurfaceConfig, outer_surface, surface_topology
 from train.ict import IctFaceKit
 from train.metrics import chamfer
 
@@ -101,9 +102,19 @@ def norm_outliers(codes: np.ndarray, threshold: float = 3.5) -> np.ndarray:
     return 0.6745 * np.abs(norms - med) / mad > threshold
 
 
-def face_box(vertices: np.ndarray, margin: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding box of the ICT face area of model-unit vertices ``[V, 3]`` plus a margin (model units)."""
+def evaluation_region(gt: HeadSurface, margin: float = 0.02) -> np.ndarray:
+    """``[T]`` bool: the ground-truth triangles evaluated: the ICT face area (vertices 0..9408) above the
+    neck cut plus ``margin`` (model units). ICT's face area runs down the throat below the plane where the
+    ground-truth solid, and so the model, ends (:mod:`train.geometry`); that part is not evaluated."""
+    centroid_y = gt.vertices[gt.triangles].mean(1)[:, 1]
+    return gt.is_face & (centroid_y > gt.neck_cut_y + margin)
+
+
+def face_box(vertices: np.ndarray, margin: float = 0.03, min_y: float = frame.NECK_CUT_Y
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of the ICT face area of model-unit vertices ``[V, 3]`` above ``min_y``, plus a margin."""
     face = vertices[: 9409]
+    face = face[face[:, 1] > min_y]
     return face.min(0) - margin, face.max(0) + margin
 
 
@@ -147,7 +158,7 @@ def representation_error(layer: HeadLayer, z_id_mean: Tensor, data_dir: str | Pa
         t0 = time.perf_counter()
         mesh = extract_mesh(sdf_fn, lo, hi, resolution)
         t_mesh = time.perf_counter() - t0
-        res = chamfer(mesh.vertices, mesh.faces, gt.vertices, gt.triangles, gt.is_face)
+        res = chamfer(mesh.vertices, mesh.faces, gt.vertices, gt.triangles, evaluation_region(gt))
         records.append({"file": e["file"], "split": e["split"], "kind": e.get("kind", ""),
                         **res.as_dict(), "register_seconds": round(reg.seconds, 2),
                         "mesh_seconds": round(t_mesh, 2), "final_sdf_l1_mm": round(reg.final_sdf_l1 * 250.0, 4),
