@@ -229,5 +229,41 @@ def eval_head(model_path: str, data_dir: str, out_path: str | None, resolution: 
     click.echo(json.dumps(report["summary"]))
 
 
+@main.command()
+@click.option("--renders", "renders_dir", required=True, type=click.Path(file_okay=False),
+              help="Renders folder from `nphm-train data renders` (trains on its train split).")
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Head-model checkpoint.")
+@click.option("--normal-encoder", required=True, type=click.Path(dir_okay=False), help="Normal encoder checkpoint.")
+@click.option("--point-encoder", required=True, type=click.Path(dir_okay=False), help="Point-map encoder checkpoint.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (regressor.pt, train_state.pt, config.json, sdf_cache/); re-running resumes.")
+@click.option("--preset", default="default", show_default=True, help="Regressor preset: tiny, default, paper.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-items", type=click.IntRange(min=1), default=None, help="Use only the first N training renders.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
+@one_line_errors("nphm-train")
+def regressor(renders_dir: str, head_path: str, normal_encoder: str, point_encoder: str, out_dir: str, preset: str,
+              steps: int, batch_size: int, lr: float, seed: int, max_items: int | None, ict_path: str | None,
+              threads: int | None) -> None:
+    """Train the Pix2NPHM regressor (encoders and head frozen; see train/regressor_training.py)."""
+    import torch
+
+    from train.regressor_training import RegressorTrainConfig, train_regressor
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = RegressorTrainConfig(renders_dir=renders_dir, head=head_path, normal_encoder=normal_encoder,
+                               point_encoder=point_encoder, out_dir=out_dir, preset=preset, steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, max_items=max_items, ict_path=ict_path)
+    result = train_regressor(cfg)
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
+    click.echo(f"{result.checkpoint}: {result.steps} steps in {result.seconds:.1f} s this run ({losses})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
