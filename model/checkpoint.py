@@ -98,20 +98,6 @@ def _safe_load(path: PathLike) -> Any:
         raise InputError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from e
 
 
-def _load_state(layer: HeadLayer, state: dict[str, Tensor], source: str) -> None:
-    own = layer.state_dict()
-    missing = sorted(set(own) - set(state))
-    unknown = sorted(set(state) - set(own))
-    if missing or unknown:
-        raise InputError(f"{source}: state dict does not match the head network; missing keys: "
-                         f"{', '.join(missing) or '-'}; unknown keys: {', '.join(unknown) or '-'}")
-    bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-           if not isinstance(state[k], Tensor) or state[k].shape != v.shape]
-    if bad:
-        raise InputError(f"{source}: wrong tensor shapes: {', '.join(bad)}")
-    layer.load_state_dict(state)
-
-
 def load_checkpoint(path: PathLike) -> tuple[HeadLayer, dict[str, Tensor], dict[str, Any]]:
     """Read a project checkpoint: ``(layer, codes, meta)``. The layer is in eval mode, float32 on CPU.
 
@@ -128,7 +114,7 @@ def load_checkpoint(path: PathLike) -> tuple[HeadLayer, dict[str, Tensor], dict[
     if not isinstance(cfg_dict, dict):
         raise InputError(f"{path}: missing config")
     layer = HeadLayer(HeadConfig.from_dict(cfg_dict, source=str(path)))
-    _load_state(layer, payload.get("state_dict") or {}, str(path))
+    load_state_strict(layer, payload.get("state_dict") or {}, str(path))
     codes = payload.get("codes") or {}
     meta = payload.get("meta") or {}
     return layer.eval(), dict(codes), dict(meta)
@@ -269,7 +255,7 @@ def load_official_mononphm(path: PathLike, anchor_mean: Union[PathLike, Tensor, 
     anchors = torch.as_tensor(np.asarray(anchor_mean), dtype=torch.float32)
     layer = HeadLayer(cfg)
     state = _from_official(layer, payload["id_decoder"], payload["ex_decoder"], str(path))
-    _load_state(layer, state, str(path))
+    load_state_strict(layer, state, str(path))
     layer.set_anchor_mean(anchors, symmetrize=False)
     codes: dict[str, Tensor] = {}
     for entry, suffix in (("latent_codes", ""), ("latent_codes_val", "_val")):

@@ -83,6 +83,7 @@ def extract_mesh(
     level: float = 0.0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    largest_component: bool = False,
 ) -> Mesh:
     """Extract the ``level`` iso-surface of ``sdf_fn`` inside an axis-aligned box by marching cubes.
 
@@ -102,6 +103,9 @@ def extract_mesh(
             distances). Larger is safer and slower.
         level: the iso-value of the surface (model units).
         dtype, device: of the points given to ``sdf_fn``.
+        largest_component: keep only the connected component with the most faces
+            (:func:`keep_largest_component`), dropping spurious surfaces a learned SDF may have away from
+            its training data.
 
     Returns:
         The mesh in model units; ``mesh.info.evaluated_fraction`` says how much of the grid was evaluated.
@@ -156,7 +160,32 @@ def extract_mesh(
         seconds_sdf=grid.seconds,
         seconds_total=time.perf_counter() - t_start,
     )
-    return Mesh(vertices=vertices, faces=faces, info=info)
+    mesh = Mesh(vertices=vertices, faces=faces, info=info)
+    return keep_largest_component(mesh) if largest_component else mesh
+
+
+def keep_largest_component(mesh: Mesh) -> Mesh:
+    """The connected component (faces sharing vertices) with the most faces; unused vertices dropped.
+
+    Marching-cubes meshes of a learned SDF can hold small floating surfaces where the field crosses zero
+    far from any training data; a head is one component.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    v, f = mesh.vertices, mesh.faces
+    if len(f) == 0:
+        return mesh
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])  # [2F, 2] enough to connect each triangle
+    adj = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(v), len(v)))
+    _, label = connected_components(adj, directed=False)
+    face_label = label[f[:, 0]]
+    keep_faces = face_label == np.bincount(face_label).argmax()
+    f = f[keep_faces]
+    used = np.unique(f)
+    remap = np.full(len(v), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return Mesh(vertices=v[used], faces=remap[f], info=mesh.info)
 
 
 def _narrow_band(grid: _SparseGrid, step: int, band: float) -> tuple[np.ndarray, int]:

@@ -301,7 +301,8 @@ class FixedTopology:
 
         ``layer(x_posed [1, N, 3], z_id [1, D_id], z_ex [1, D_ex])`` must return an object with
         ``.sdf`` [1, N]; the box and resolution are as in :func:`model.mesh.extract_mesh`, which also
-        takes ``mesh_options`` (``chunk_size``, ``coarse_resolution``, ``band``).
+        takes ``mesh_options`` (``chunk_size``, ``coarse_resolution``, ``band``, ``largest_component``,
+        here True by default).
         """
         z_id, z_neutral = _single_code(z_id, "z_id"), _single_code(z_neutral, "z_neutral")
         dtype = z_id.dtype
@@ -309,6 +310,7 @@ class FixedTopology:
         def sdf_fn(points: torch.Tensor) -> torch.Tensor:
             return layer(points.unsqueeze(0), z_id, z_neutral).sdf[0]
 
+        mesh_options.setdefault("largest_component", True)  # a head is one surface: drop stray ones
         mesh = extract_mesh(sdf_fn, bbox_min, bbox_max, resolution, dtype=dtype, device=z_id.device, **mesh_options)
         vertices = torch.as_tensor(mesh.vertices, dtype=dtype, device=z_id.device)
         topology = cls.from_neutral_mesh(layer, vertices, torch.as_tensor(mesh.faces), z_id, z_neutral)

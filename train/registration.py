@@ -130,12 +130,18 @@ def representation_error(layer: HeadLayer, z_id_mean: Tensor, data_dir: str | Pa
     data_dir = Path(data_dir)
     manifest = json.loads((data_dir / "manifest.json").read_text())
     entries = [e for e in manifest["files"] if e["split"] in splits]
-    if max_heads is not None:  # at most max_heads per split, spread over the split's list
+    if max_heads is not None:  # at most max_heads per split: kinds in turn, each spread over its list
         picked = []
         for split in splits:
-            of_split = [e for e in entries if e["split"] == split]
-            step = max(1, len(of_split) // max_heads)
-            picked += of_split[::step][:max_heads]
+            by_kind: dict[str, list[dict]] = {}
+            for e in entries:
+                if e["split"] == split:
+                    by_kind.setdefault(e.get("kind", ""), []).append(e)
+            per_kind = -(-max_heads // max(1, len(by_kind)))  # ceil
+            spread = [[group[int(i)] for i in np.linspace(0, len(group) - 1, min(len(group), per_kind))]
+                      for group in by_kind.values()]
+            turns = [e for rank in range(max_heads) for group in spread if rank < len(group) for e in [group[rank]]]
+            picked += turns[:max_heads]
         entries = picked
     if not entries:
         raise InputError(f"{data_dir}: no held-out heads in splits {splits}")
@@ -156,7 +162,7 @@ def representation_error(layer: HeadLayer, z_id_mean: Tensor, data_dir: str | Pa
                 return layer(x[None], reg.z_id[None], reg.z_ex[None]).sdf[0]
 
         t0 = time.perf_counter()
-        mesh = extract_mesh(sdf_fn, lo, hi, resolution)
+        mesh = extract_mesh(sdf_fn, lo, hi, resolution, largest_component=True)
         t_mesh = time.perf_counter() - t0
         res = chamfer(mesh.vertices, mesh.faces, gt.vertices, gt.triangles, evaluation_region(gt))
         records.append({"file": e["file"], "split": e["split"], "kind": e.get("kind", ""),

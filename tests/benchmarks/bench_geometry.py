@@ -1,6 +1,6 @@
 """Benchmark of model/mesh.py and model/topology.py on this CPU; prints one JSON line of figures.
 
-    python tests/benchmarks/bench_geometry.py [--quick] [--threads N] [--presets default,mononphm]
+    python tests/benchmarks/bench_geometry.py [--quick] [--threads N] [--presets default,trained,mononphm]
         [--head-resolutions 128,256] [--skip-generic]
 
 Mesh extraction: an analytic sphere SDF and a random-initialised MLP SDF (a sphere plus a small random
@@ -11,8 +11,8 @@ Inversion: 20k vertices on a sphere moved by a random MLP backward deformation (
 perturbed by 1e-3), for both solvers; and frame to frame (code moved by 0.05 * N(0, 1), Broyden started
 from the previous frame's positions and inverse Jacobians), without and with the implicit-gradient
 backward pass.
-Head presets (``--presets default,mononphm``): ``model.head.HeadLayer`` with random weights at the zero
-codes: posed SDF points/s, neutral mesh extraction through ``FixedTopology.extract`` at 128 and 256, and
+Head presets (``--presets default,trained,mononphm``): ``model.head.HeadLayer`` with random weights at
+the zero codes, and ``trained``, the shipped default weights at their mean identity and neutral code: posed SDF points/s, neutral mesh extraction through ``FixedTopology.extract`` at 128 and 256, and
 posed positions of (up to) 20k of its vertices, from the neutral positions and then for a next frame.
 Targets of the project: mesh at 128 in <= 5 s; 20k vertices deformed in <= 0.2 s.
 """
@@ -157,19 +157,28 @@ def bench_inversion(quick: bool) -> dict:
 
 
 def bench_head(name: str, resolutions: list[int], quick: bool) -> dict:
-    """The real network, randomly initialised, at the zero codes (no trained weights exist yet)."""
+    """The real network: a preset randomly initialised at the zero codes, or ``trained``: the shipped
+    default weights (model/weights/head_default.pt) at their mean identity and mean neutral expression."""
+    from model.checkpoint import default_weights, load_checkpoint
     from model.config import preset
     from model.head import HeadLayer
     from model.topology import FixedTopology
 
-    cfg = preset(name)
-    torch.manual_seed(0)
-    layer = HeadLayer(cfg).eval()
+    if name == "trained":
+        layer, codes, meta = load_checkpoint(default_weights("head_default"))
+        cfg = layer.cfg
+        z_id = codes["z_id"].mean(0, keepdim=True)
+        z_neutral = codes["z_ex"][codes["is_neutral"].bool()].mean(0, keepdim=True)
+        box = (meta["bbox_min"], meta["bbox_max"])
+    else:
+        cfg = preset(name)
+        torch.manual_seed(0)
+        layer = HeadLayer(cfg).eval()
+        z_id, z_neutral = torch.zeros(1, cfg.id_dim), torch.zeros(1, cfg.expr_dim)
+        box = ([-0.6] * 3, [0.6] * 3)
     for p in layer.parameters():
         p.requires_grad_(False)
-    z_id, z_neutral = torch.zeros(1, cfg.id_dim), torch.zeros(1, cfg.expr_dim)
-    chunk = 65536 if name == "default" else 16384
-    box = ([-0.6] * 3, [0.6] * 3)
+    chunk = 16384 if name == "mononphm" else 65536
     figures: dict = {}
     points = 1.2 * torch.rand(1, 4 * chunk if name == "default" else chunk, 3) - 0.6
     with torch.no_grad():
@@ -213,7 +222,8 @@ def bench_head(name: str, resolutions: list[int], quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resolution 128 only, single repeats")
-    parser.add_argument("--presets", default="default,mononphm", help="head presets to time ('' for none)")
+    parser.add_argument("--presets", default="default,trained,mononphm",
+                        help="head presets to time ('' for none; 'trained' = the shipped default weights)")
     parser.add_argument("--head-resolutions", default="128,256", help="mesh resolutions for the head presets")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-generic", action="store_true", help="only the head presets")

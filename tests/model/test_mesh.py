@@ -132,3 +132,17 @@ def test_level_and_float64_points():
     radius = np.linalg.norm(mesh.vertices - CENTER.numpy(), axis=1)
     assert np.abs(radius - (RADIUS + 0.1)).max() < 0.5 * 2.0 / 39
     assert set(seen) == {torch.float64}
+
+
+def test_largest_component_drops_stray_surfaces():
+    # a big sphere and a small one far away: only the big one is kept
+    def two_spheres(p: torch.Tensor) -> torch.Tensor:
+        big = p.norm(dim=-1) - 0.5
+        small = (p - p.new_tensor([0.8, 0.8, 0.8])).norm(dim=-1) - 0.1
+        return torch.minimum(big, small)
+
+    both = extract_mesh(two_spheres, [-1.0] * 3, [1.0] * 3, 64)
+    kept = extract_mesh(two_spheres, [-1.0] * 3, [1.0] * 3, 64, largest_component=True)
+    assert len(kept.faces) < len(both.faces)
+    assert np.abs(np.linalg.norm(kept.vertices, axis=1) - 0.5).max() < 2.0 / 63
+    assert kept.faces.max() == len(kept.vertices) - 1 and kept.faces.min() == 0
