@@ -82,5 +82,7 @@ def sample_animation(out: str | os.PathLike, model: str | os.PathLike | None = N
             writer.append(x_prev[0].numpy().astype(np.float32))
     result = writer.result
     if unconverged:
-        print(f"note: {unconverged} vertex-frames did not converge to tolerance (kept at their last iterate)")
+        total = cfg.frames * len(topo.canonical_vertices)
+        print(f"note: {unconverged} of {total} vertex-frames ({100 * unconverged / total:.3f} %) did not reach the "
+              "inversion tolerance (kept at their best iterate)")
     return result
