@@ -22,7 +22,6 @@ Augmentations (:func:`augment_batch`, all batched torch ops driven by one ``torc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.errors import InputError
+from train.renders_data import read_manifest
 
 TARGET_KEYS = {"normals": "normals", "points": "canonical"}
 """Encoder target -> key of the render npz holding it."""
@@ -125,18 +125,8 @@ def load_render_set(data_dir: str | Path, target: str, resolution: int, split: s
     if target not in TARGET_KEYS:
         raise InputError(f"--kind: expected one of {tuple(TARGET_KEYS)}, got {target!r}")
     data_dir = Path(data_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(f"{data_dir}: no manifest.json (make it with `nphm-train data renders`)")
-    manifest = json.loads(manifest_path.read_text())
-    if not manifest.get("complete", False):
-        raise InputError(f"{manifest_path}: the renders dataset is incomplete; finish `nphm-train data renders`")
-    if split not in ("train", "heldout", "all"):
-        raise InputError(f"split: expected 'train', 'heldout' or 'all', got {split!r}")
-    files = [s["file"] for s in manifest["samples"] if split == "all" or s["split"] == split]
-    files = files[:max_items] if max_items is not None else files
-    if not files:
-        raise InputError(f"{manifest_path}: no samples in split {split!r}")
+    _, entries = read_manifest(data_dir, split, max_items)
+    files = [f for _, f in entries]
     rgb, maps, mask, face, yaw = [], [], [], [], []
     for f in files:
         with np.load(data_dir / f) as z:

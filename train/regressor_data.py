@@ -35,6 +35,7 @@ from model.errors import InputError
 from train import frame
 from train.geometry import outer_surface, sample_surface, signed_distance, surface_topology
 from train.ict import IctFaceKit
+from train.renders_data import read_manifest
 
 
 @dataclass(frozen=True)
@@ -143,18 +144,7 @@ def load_regressor_set(data_dir: str | Path, kit: IctFaceKit, cfg: RegressorData
     from tqdm import tqdm
 
     data_dir = Path(data_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(f"{data_dir}: no manifest.json (make it with `nphm-train data renders`)")
-    manifest = json.loads(manifest_path.read_text())
-    if not manifest.get("complete", False):
-        raise InputError(f"{manifest_path}: the renders dataset is incomplete; finish `nphm-train data renders`")
-    if split not in ("train", "heldout", "all"):
-        raise InputError(f"split: expected 'train', 'heldout' or 'all', got {split!r}")
-    entries = [(i, s["file"]) for i, s in enumerate(manifest["samples"]) if split == "all" or s["split"] == split]
-    entries = entries[:max_items] if max_items is not None else entries
-    if not entries:
-        raise InputError(f"{manifest_path}: no samples in split {split!r}")
+    _, entries = read_manifest(data_dir, split, max_items)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = _cache_key(cfg)

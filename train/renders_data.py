@@ -136,6 +136,26 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(data_dir: str | Path, split: str = "train", max_items: int | None = None
+                  ) -> tuple[dict, list[tuple[int, str]]]:
+    """The manifest of a complete renders folder and its ``(index, file)`` entries of ``split``
+    (``train``, ``heldout`` or ``all``), the first ``max_items`` in manifest order; clear errors otherwise."""
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{data_dir}: no manifest.json (make it with `nphm-train data renders`)")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete", False):
+        raise InputError(f"{manifest_path}: the renders dataset is incomplete; finish `nphm-train data renders`")
+    if split not in ("train", "heldout", "all"):
+        raise InputError(f"split: expected 'train', 'heldout' or 'all', got {split!r}")
+    entries = [(i, s["file"]) for i, s in enumerate(manifest["samples"]) if split == "all" or s["split"] == split]
+    entries = entries[:max_items] if max_items is not None else entries
+    if not entries:
+        raise InputError(f"{manifest_path}: no samples in split {split!r}")
+    return manifest, entries
+
+
 def load_sample(path: str | Path) -> dict:
     """Read one sample file back as a dict of arrays (keys: :data:`SAMPLE_KEYS`)."""
     with np.load(path) as z:
