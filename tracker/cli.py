@@ -20,10 +20,8 @@ from tracker.cli_util import DefaultCommandGroup, one_line_errors
 def main() -> None:
     """Turn a face video into an animated 3D head (Neural Parametric Head Model).
 
-    \b
-    Subcommands:
-      sample   animate the head model's mean identity through learnt expressions
-      export   convert an animation or track file to another format (.usd, .abc, .pc2, ...)
+    Tracking a video (`nphm-track VIDEO --out anim.usd`) is not built yet in this version; the commands
+    below work today. Every command has --help.
     """
 
 

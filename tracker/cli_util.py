@@ -46,7 +46,11 @@ class DefaultCommandGroup(click.Group):
         self.default_command = default_command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if (self.default_command and args and args[0] not in self.commands
-                and not args[0].startswith("-") and self.default_command in self.commands):
+        if self.default_command and args and args[0] not in self.commands and not args[0].startswith("-"):
+            if self.default_command not in self.commands:
+                raise click.UsageError(
+                    f"{args[0]!r} is not a command, and '{ctx.info_name} {self.default_command}' (the default "
+                    f"for a file argument) is not available in this version; commands: "
+                    f"{', '.join(sorted(self.commands))}", ctx)
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)

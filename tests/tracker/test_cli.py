@@ -21,3 +21,9 @@ def test_console_scripts_installed():
         out = subprocess.run([prog, "--version"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert __version__ in out.stdout
+
+
+def test_a_file_argument_without_the_tracker_says_so():
+    res = CliRunner().invoke(main, ["video.mp4", "--out", "anim.usd"])
+    assert res.exit_code == 2
+    assert "not available in this version" in res.output and "sample" in res.output
