@@ -8,16 +8,7 @@ import trimesh
 from train.frame import BOX_MAX, BOX_MIN, NECK_CUT_Y, UNITS_PER_CM, ict_to_model, ict_to_model_matrix, model_to_ict
 from train.geometry import (HeadSurface, SurfaceConfig, face_normals, landmark_positions, outer_surface,
                             sample_surface, sample_volume, signed_distance, surface_topology, winding_number)
-from train.ict import IctFaceKit, default_ict_path, load_ict
 from train.sampler import extreme_expression, sample_identity
-
-
-@pytest.fixture(scope="module")
-def kit() -> IctFaceKit:
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit npz not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return load_ict(path)
 
 
 @pytest.fixture(scope="module")

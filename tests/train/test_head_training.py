@@ -1,6 +1,5 @@
 """Tests for train/head_data.py, train/head_training.py and train/registration.py on a tiny dataset."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ TINY = HeadsDataConfig(n_surface=256, n_near=256, n_space=64)
 
 
 @pytest.fixture(scope="module")
-def heads_dir(ict_kit, tmp_path_factory):
+def heads_dir(kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads")
-    generate_heads_dataset(out, 3, 3, seed=3, kit=ict_kit, config=TINY, progress=False)
+    generate_heads_dataset(out, 3, 3, seed=3, kit=kit, config=TINY, progress=False)
     return out
 
 
@@ -32,12 +31,12 @@ def _cfg(heads_dir, out, **kw) -> HeadTrainConfig:
     return HeadTrainConfig(**base)
 
 
-def test_anchor_vertices_are_symmetric_and_deterministic(ict_kit):
+def test_anchor_vertices_are_symmetric_and_deterministic(kit):
     cfg = preset("default")
-    idx = anchor_vertices(ict_kit, cfg.n_symmetric_pairs, cfg.n_middle)
+    idx = anchor_vertices(kit, cfg.n_symmetric_pairs, cfg.n_middle)
     assert idx.shape == (cfg.n_anchors,) and len(np.unique(idx)) == cfg.n_anchors
-    assert np.array_equal(idx, anchor_vertices(ict_kit, cfg.n_symmetric_pairs, cfg.n_middle))
-    v = frame.ict_to_model(ict_kit.neutral.astype(np.float64))[idx]
+    assert np.array_equal(idx, anchor_vertices(kit, cfg.n_symmetric_pairs, cfg.n_middle))
+    v = frame.ict_to_model(kit.neutral.astype(np.float64))[idx]
     p = cfg.n_symmetric_pairs
     even, odd = v[0:2 * p:2], v[1:2 * p:2]
     assert (even[:, 0] > 0).all() and (odd[:, 0] < 0).all()
@@ -45,10 +44,10 @@ def test_anchor_vertices_are_symmetric_and_deterministic(ict_kit):
     assert np.abs(v[2 * p:, 0]).max() < 0.004
 
 
-def test_training_heads_have_correspondences_and_anchors(ict_kit, heads_dir):
+def test_training_heads_have_correspondences_and_anchors(kit, heads_dir):
     cfg = preset("default")
-    idx = anchor_vertices(ict_kit, cfg.n_symmetric_pairs, cfg.n_middle)
-    data = load_training_heads(heads_dir, ict_kit, idx)
+    idx = anchor_vertices(kit, cfg.n_symmetric_pairs, cfg.n_middle)
+    data = load_training_heads(heads_dir, kit, idx)
     assert data.n_identities == 2  # 3 identities, the last held out
     assert data.anchors.shape == (2, cfg.n_anchors, 3)
     # the neutral head of each identity: posed == neutral correspondences
@@ -57,12 +56,12 @@ def test_training_heads_have_correspondences_and_anchors(ict_kit, heads_dir):
     assert torch.allclose(data.corr_posed[neutral], data.corr_neutral[neutral])
     assert not torch.allclose(data.corr_posed[~neutral], data.corr_neutral[~neutral])
     with pytest.raises(InputError, match="no heads with split"):
-        load_training_heads(heads_dir, ict_kit, idx, split="nonexistent")
+        load_training_heads(heads_dir, kit, idx, split="nonexistent")
 
 
-def test_steps_on_a_fixed_batch_lower_the_loss(ict_kit, heads_dir, tmp_path):
+def test_steps_on_a_fixed_batch_lower_the_loss(kit, heads_dir, tmp_path):
     torch.manual_seed(0)
-    trainer = build_trainer(_cfg(heads_dir, tmp_path), ict_kit)
+    trainer = build_trainer(_cfg(heads_dir, tmp_path), kit)
     heads = torch.tensor([0, 1])
     state = trainer.rng.get_state()
 
@@ -82,19 +81,19 @@ def test_steps_on_a_fixed_batch_lower_the_loss(ict_kit, heads_dir, tmp_path):
     assert loss() < 0.7 * before
 
 
-def test_train_resume_and_checkpoint(ict_kit, heads_dir, tmp_path):
-    r = train_head(_cfg(heads_dir, tmp_path, steps=2), ict_kit, progress=False)
+def test_train_resume_and_checkpoint(kit, heads_dir, tmp_path):
+    r = train_head(_cfg(heads_dir, tmp_path, steps=2), kit, progress=False)
     assert r.steps == 2 and np.isfinite(r.final_losses["total"])
-    r2 = train_head(_cfg(heads_dir, tmp_path, steps=3), ict_kit, progress=False)  # extends the same run
+    r2 = train_head(_cfg(heads_dir, tmp_path, steps=3), kit, progress=False)  # extends the same run
     assert r2.steps == 3
     layer, codes, meta = load_checkpoint(r2.checkpoint)
     assert meta["step"] == 3 and codes["z_id"].shape == (2, layer.cfg.id_dim)
     with pytest.raises(InputError, match="another configuration"):
-        train_head(_cfg(heads_dir, tmp_path, steps=4, seed=5), ict_kit, progress=False)
+        train_head(_cfg(heads_dir, tmp_path, steps=4, seed=5), kit, progress=False)
 
 
-def test_registration_lowers_surface_sdf(ict_kit, heads_dir, tmp_path):
-    trainer = build_trainer(_cfg(heads_dir, tmp_path), ict_kit)
+def test_registration_lowers_surface_sdf(kit, heads_dir, tmp_path):
+    trainer = build_trainer(_cfg(heads_dir, tmp_path), kit)
     layer = trainer.layer
     pts = trainer.data.surface[0]
     z0 = trainer.z_id.detach().mean(0)

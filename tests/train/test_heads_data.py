@@ -11,17 +11,8 @@ from train.cli import main
 from train.frame import ict_to_model
 from train.geometry import outer_surface, signed_distance, surface_topology
 from train.heads_data import HeadsDataConfig, dataset_files, generate_heads_dataset, load_head_sample, plan_items
-from train.ict import IctFaceKit, default_ict_path, load_ict
 
 TINY = HeadsDataConfig(n_surface=120, n_near=120, n_space=60)
-
-
-@pytest.fixture(scope="module")
-def kit() -> IctFaceKit:
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit npz not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return load_ict(path)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +120,7 @@ def test_other_seed_other_data_and_refused_in_the_same_folder(kit, dataset, tmp_
     assert not np.array_equal(a["w_id"], b["w_id"])
 
 
-def test_cli_writes_a_dataset(tmp_path):
-    if not default_ict_path().exists():
-        pytest.skip(f"ICT-FaceKit npz not found at {default_ict_path()} (set NPHM_SHARED or NPHM_ICT)")
+def test_cli_writes_a_dataset(tmp_path, ict_path):
     out = tmp_path / "heads"
     res = CliRunner().invoke(main, ["data", "heads", "--out", str(out), "--identities", "1", "--expressions", "1",
                                     "--surface-points", "30", "--near-points", "30", "--space-points", "30"])

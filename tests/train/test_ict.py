@@ -12,14 +12,6 @@ from train.ict import IctFaceKit, default_ict_path, load_ict
 EXPRESSIONS = ("eyeBlink_L", "jawOpen", "mouthFunnel", "noseSneer_R")
 
 
-@pytest.fixture(scope="module")
-def kit() -> IctFaceKit:
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit npz not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return load_ict(path)
-
-
 # ----------------------------------------------------------------- a tiny writer of the original layout
 
 

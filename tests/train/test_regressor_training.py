@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, ict_kit):
+def world(tmp_path_factory, kit):
     """Four 32 px renders, a fitted tiny head and two tiny random encoders, all made here."""
     from train.ict import default_ict_path
     from train.renders_data import RendersConfig, generate_renders
@@ -47,11 +47,11 @@ def _cfg(world, out, **kw) -> RegressorTrainConfig:
     return RegressorTrainConfig(**base)
 
 
-def test_data_pixels_normals_and_sdf_cache(world, ict_kit, tmp_path):
+def test_data_pixels_normals_and_sdf_cache(world, kit, tmp_path):
     from train.renders_data import load_sample
 
     cfg = RegressorDataConfig(image_size=16, n_pixels=40, n_near=128)
-    data = load_regressor_set(world / "renders", ict_kit, cfg, tmp_path / "cache", progress=False)
+    data = load_regressor_set(world / "renders", kit, cfg, tmp_path / "cache", progress=False)
     assert len(data) == 4 and data.rgb.shape == (4, 3, 16, 16) and data.rgb.dtype == torch.uint8
     s = load_sample(world / "renders" / data.files[1])
     u, v = data.pixels[1].long().T
@@ -64,15 +64,15 @@ def test_data_pixels_normals_and_sdf_cache(world, ict_kit, tmp_path):
     cached = sorted((tmp_path / "cache").iterdir())
     assert len(cached) == 4
     mtimes = [p.stat().st_mtime_ns for p in cached]
-    again = load_regressor_set(world / "renders", ict_kit, cfg, tmp_path / "cache", progress=False)
+    again = load_regressor_set(world / "renders", kit, cfg, tmp_path / "cache", progress=False)
     assert torch.equal(again.near, data.near) and torch.equal(again.pixels, data.pixels)
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     with pytest.raises(InputError, match="no manifest.json"):
-        load_regressor_set(tmp_path, ict_kit, cfg, tmp_path / "cache", progress=False)
+        load_regressor_set(tmp_path, kit, cfg, tmp_path / "cache", progress=False)
 
 
-def test_one_training_step_lowers_the_loss_on_a_fixed_batch(world, ict_kit, tmp_path):
-    trainer = build_regressor_trainer(_cfg(world, tmp_path, lr=1e-3), ict_kit, progress=False)
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(world, kit, tmp_path):
+    trainer = build_regressor_trainer(_cfg(world, tmp_path, lr=1e-3), kit, progress=False)
     batch = trainer.sample_batch()
     with torch.no_grad():
         before = trainer.losses(batch)
@@ -92,23 +92,23 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(world, ict_kit, tmp_
     assert trainer.regressor.local_heads.w2.grad.abs().sum() > 0
 
 
-def test_untrained_regressor_predicts_the_mean_head(world, ict_kit, tmp_path):
+def test_untrained_regressor_predicts_the_mean_head(world, kit, tmp_path):
     from model.checkpoint import load_checkpoint
 
     _, codes, _ = load_checkpoint(world / "head.pt")
-    trainer = build_regressor_trainer(_cfg(world, tmp_path), ict_kit, progress=False)
+    trainer = build_regressor_trainer(_cfg(world, tmp_path), kit, progress=False)
     out = trainer.predict(trainer.sample_batch().rgb)
     spread = codes["z_id"].std(0)
     assert ((out.z_id - codes["z_id"].mean(0)).abs() < spread + 1e-6).float().mean() > 0.95
 
 
-def test_resume_matches_an_uninterrupted_run(world, ict_kit, tmp_path):
-    train_regressor(_cfg(world, tmp_path / "a", steps=1), ict_kit, progress=False)
-    res = train_regressor(_cfg(world, tmp_path / "a", steps=2), ict_kit, progress=False)
+def test_resume_matches_an_uninterrupted_run(world, kit, tmp_path):
+    train_regressor(_cfg(world, tmp_path / "a", steps=1), kit, progress=False)
+    res = train_regressor(_cfg(world, tmp_path / "a", steps=2), kit, progress=False)
     assert res.steps == 2
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["train"]["data"]["image_size"] == 32 and saved["regressor"]["width"] == 32  # resolved
-    train_regressor(_cfg(world, tmp_path / "b", steps=2), ict_kit, progress=False)
+    train_regressor(_cfg(world, tmp_path / "b", steps=2), kit, progress=False)
     ra, meta = load_regressor(tmp_path / "a" / "regressor.pt")
     rb, _ = load_regressor(tmp_path / "b" / "regressor.pt")
     assert meta["step"] == 2 and meta["kind"] == "regressor"
@@ -117,12 +117,12 @@ def test_resume_matches_an_uninterrupted_run(world, ict_kit, tmp_path):
     state = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
     assert state["step"] == 2
     with pytest.raises(InputError, match="another configuration"):
-        train_regressor(_cfg(world, tmp_path / "a", steps=3, lr=5e-4), ict_kit, progress=False)
+        train_regressor(_cfg(world, tmp_path / "a", steps=3, lr=5e-4), kit, progress=False)
 
 
-def test_encoders_must_have_the_right_targets(world, ict_kit, tmp_path):
+def test_encoders_must_have_the_right_targets(world, kit, tmp_path):
     with pytest.raises(InputError, match="normals encoder and a points encoder"):
-        build_regressor_trainer(_cfg(world, tmp_path, normal_encoder=str(world / "points.pt")), ict_kit,
+        build_regressor_trainer(_cfg(world, tmp_path, normal_encoder=str(world / "points.pt")), kit,
                                 progress=False)
 
 

@@ -9,16 +9,6 @@ from train.render import (PART_NAMES, RenderMesh, build_intersector, framing_poi
 
 
 @pytest.fixture(scope="module")
-def kit():
-    from train.ict import default_ict_path, load_ict
-
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return load_ict(path)
-
-
-@pytest.fixture(scope="module")
 def mesh(kit):
     return ict_render_mesh(kit.triangles, kit.landmarks68)
 

@@ -11,16 +11,6 @@ from train.renders_data import (SAMPLE_KEYS, RendersConfig, camera_and_pose, gen
 
 
 @pytest.fixture(scope="module")
-def ict_path():
-    from train.ict import default_ict_path
-
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return path
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory, ict_path):
     out = tmp_path_factory.mktemp("renders")
     generate_renders(out, 3, 32, seed=11, ict_path=ict_path, progress=False)

@@ -15,16 +15,6 @@ NAMES = ["eyeBlink_L", "eyeBlink_R", "jawOpen", "mouthFunnel", "mouthPucker", "m
 
 
 @pytest.fixture(scope="module")
-def ict_path():
-    from train.ict import default_ict_path
-
-    path = default_ict_path()
-    if not path.exists():
-        pytest.skip(f"ICT-FaceKit not found at {path} (set NPHM_SHARED or NPHM_ICT)")
-    return path
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory, ict_path):
     out = tmp_path_factory.mktemp("videos")
     generate_videos(out, 1, frames=6, resolution=32, fps=10.0, seed=5, ict_path=ict_path, progress=False)
