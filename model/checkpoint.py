@@ -169,15 +169,7 @@ def _from_official(probe: HeadLayer, id_sd: dict[str, Tensor], ex_sd: dict[str, 
     cfg = probe.cfg
     want_id, want_ex = official_state_dicts(probe, clone=False)
     for name, got, want in (("id_decoder", id_sd, want_id), ("ex_decoder", ex_sd, want_ex)):
-        missing = sorted(set(want) - set(got))
-        unknown = sorted(set(got) - set(want))
-        if missing or unknown:
-            raise InputError(f"{source}: {name} does not match MonoNPHM's layout; missing keys: "
-                             f"{', '.join(missing) or '-'}; unknown keys: {', '.join(unknown) or '-'}")
-        bad = [f"{k} {tuple(got[k].shape)} (expected {tuple(v.shape)})" for k, v in want.items()
-               if not isinstance(got[k], Tensor) or got[k].shape != v.shape]
-        if bad:
-            raise InputError(f"{source}: {name} has wrong tensor shapes: {', '.join(bad)}")
+        check_state_dict(want, got, f"{source}: {name}", "MonoNPHM's layout")
     own: dict[str, Tensor] = {"anchor_mean": probe.anchor_mean.clone()}
     for i in (0, 2, 4):
         for p in ("weight", "bias"):
@@ -307,17 +299,21 @@ def load_module_payload(path: PathLike, fmt: str, format_version: int) -> dict[s
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Load ``state`` into ``module``, listing missing / unknown keys and wrong shapes in an :class:`InputError`."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unknown = sorted(set(state) - set(own))
-    if missing or unknown:
-        raise InputError(f"{source}: state dict does not match the {type(module).__name__}; missing keys: "
-                         f"{', '.join(missing) or '-'}; unknown keys: {', '.join(unknown) or '-'}")
-    bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-           if not isinstance(state[k], Tensor) or state[k].shape != v.shape]
-    if bad:
-        raise InputError(f"{source}: wrong tensor shapes: {', '.join(bad)}")
+    check_state_dict(module.state_dict(), state, f"{source}: state dict", f"the {type(module).__name__}")
     module.load_state_dict(state)
+
+
+def check_state_dict(want: dict[str, Tensor], got: dict[str, Tensor], what: str, layout: str) -> None:
+    """Raise :class:`InputError` listing missing / unknown keys, then wrong shapes, of ``got`` against ``want``."""
+    missing = sorted(set(want) - set(got))
+    unknown = sorted(set(got) - set(want))
+    if missing or unknown:
+        raise InputError(f"{what} does not match {layout}; missing keys: "
+                         f"{', '.join(missing) or '-'}; unknown keys: {', '.join(unknown) or '-'}")
+    bad = [f"{k} {tuple(got[k].shape)} (expected {tuple(v.shape)})" for k, v in want.items()
+           if not isinstance(got[k], Tensor) or got[k].shape != v.shape]
+    if bad:
+        raise InputError(f"{what} has wrong tensor shapes: {', '.join(bad)}")
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
