@@ -19,18 +19,11 @@ import resource
 import time
 
 import torch
+from _timing import best_time
 
 from model.vit import build_encoder, encoder_preset
 
 
-def _best(fn, repeats: int, clock) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        best = min(best, clock() - t)
-    return best
 
 
 def main() -> None:
@@ -58,8 +51,8 @@ def main() -> None:
     with torch.no_grad():
         for b in (1, 16):
             x = torch.rand(b, 3, s, s)
-            out[f"forward_ms_per_image_b{b}"] = round(1000 * _best(lambda: enc(x), args.repeats, clock) / b, 2)
-            out[f"encode_ms_per_image_b{b}"] = round(1000 * _best(lambda: enc.encode(x), args.repeats, clock) / b, 2)
+            out[f"forward_ms_per_image_b{b}"] = round(1000 * best_time(lambda: enc(x), args.repeats, clock) / b, 2)
+            out[f"encode_ms_per_image_b{b}"] = round(1000 * best_time(lambda: enc.encode(x), args.repeats, clock) / b, 2)
         out["tokens_shape_b1"] = list(enc.encode(torch.rand(1, 3, s, s)).shape)
     enc.train()
     x = torch.rand(16, 3, s, s)
@@ -68,7 +61,7 @@ def main() -> None:
         o = enc(x)
         (o.normals.square().mean() + o.mask_logits.square().mean()).backward()
 
-    out["train_step_ms_per_image_b16"] = round(1000 * _best(step, max(1, args.repeats - 1), clock) / 16, 2)
+    out["train_step_ms_per_image_b16"] = round(1000 * best_time(step, max(1, args.repeats - 1), clock) / 16, 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["loadavg_1min"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from tracker.crop import (CropConfig, FaceCropper, OneEuroSmoother, crop_affine, crop_frames, crop_square,
@@ -21,16 +20,11 @@ from tracker.crop import (CropConfig, FaceCropper, OneEuroSmoother, crop_affine,
 from tracker.decode import open_video
 from tracker.detect import build_detector
 
+from _timing import best_time
+
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "examples" / "synthetic_head" / "video_0000.mp4"
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main() -> None:
@@ -74,10 +68,10 @@ def main() -> None:
         for _ in crop_frames(open_video(args.video), cropper, str(args.video)):
             pass
 
-    t_decode = _best(decode, args.repeats)
-    t_detect = _best(detect, args.repeats)
-    t_crop = _best(crop, args.repeats)
-    t_all = _best(front_end, args.repeats)
+    t_decode = best_time(decode, args.repeats, warmup=False)
+    t_detect = best_time(detect, args.repeats, warmup=False)
+    t_crop = best_time(crop, args.repeats, warmup=False)
+    t_all = best_time(front_end, args.repeats, warmup=False)
     import cv2
 
     print(json.dumps({

@@ -20,26 +20,18 @@ import os
 import time
 
 import torch
+from _timing import best_time
 
 from model.config import preset
 from model.head import HeadLayer
 
 
-CLOCK = {"clock": time.perf_counter}
 
 
-def _best(fn, repeats: int) -> float:
-    clock = CLOCK["clock"]
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        best = min(best, clock() - t)
-    return best
 
 
-def bench_preset(name: str, points: int, chunk: int, compare_points: int, repeats: int) -> dict:
+def bench_preset(name: str, points: int, chunk: int, compare_points: int, repeats: int,
+                 clock=time.perf_counter) -> dict:
     torch.manual_seed(0)
     cfg = preset(name)
     layer = HeadLayer(cfg).eval()
@@ -52,18 +44,18 @@ def bench_preset(name: str, points: int, chunk: int, compare_points: int, repeat
                  "params_deformation": sum(p.numel() for p in layer.deformation.parameters()),
                  "id_dim": cfg.id_dim, "expr_dim": cfg.expr_dim, "evaluation": cfg.evaluation}
     with torch.no_grad():
-        t = _best(lambda: [layer(c, z_id, z_ex) for c in chunks], repeats)
+        t = best_time(lambda: [layer(c, z_id, z_ex) for c in chunks], repeats, clock)
         out["sdf_points_per_s"] = round(points / t)
-        t = _best(lambda: [layer.deform(c, z_id, z_ex) for c in chunks], repeats)
+        t = best_time(lambda: [layer.deform(c, z_id, z_ex) for c in chunks], repeats, clock)
         out["deform_points_per_s"] = round(points / t)
         v = x[:20000]
-        t = _best(lambda: layer.deform_with_jacobian(v, z_id, z_ex), repeats)
+        t = best_time(lambda: layer.deform_with_jacobian(v, z_id, z_ex), repeats, clock)
         out["deform_jacobian_20k_s"] = round(t, 4)
         xc = x[:compare_points].split(chunk)
         for mode in ("knn", "dense"):
             other = HeadLayer(dataclasses.replace(cfg, evaluation=mode)).eval()
             other.load_state_dict(layer.state_dict())
-            t = _best(lambda: [other(c, z_id, z_ex) for c in xc], max(1, repeats - 1))
+            t = best_time(lambda: [other(c, z_id, z_ex) for c in xc], max(1, repeats - 1), clock)
             out[f"sdf_points_per_s_{mode}"] = round(compare_points / t)
     return out
 
@@ -80,13 +72,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.cpu_time:
         args.threads = 1
-        CLOCK["clock"] = time.thread_time
     torch.set_num_threads(args.threads)
     result = {"bench": "head", "threads": args.threads, "points": args.points, "chunk": args.chunk,
               "clock": "thread_time" if args.cpu_time else "wall",
               "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     for name in args.presets.split(","):
-        result[name] = bench_preset(name, args.points, args.chunk, args.compare_points, args.repeats)
+        result[name] = bench_preset(name, args.points, args.chunk, args.compare_points, args.repeats,
+                                    time.thread_time if args.cpu_time else time.perf_counter)
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 

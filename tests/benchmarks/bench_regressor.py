@@ -23,16 +23,9 @@ import resource
 import time
 
 import torch
+from _timing import best_time
 
 
-def _best(fn, repeats: int, clock) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        best = min(best, clock() - t)
-    return best
 
 
 def main() -> None:
@@ -78,10 +71,10 @@ def main() -> None:
         for b in (1, 16):
             tn = torch.randn(b, rcfg.normal_tokens, rcfg.normal_dim)
             tp = torch.randn(b, rcfg.point_tokens, rcfg.point_dim)
-            out[f"regressor_ms_per_image_b{b}"] = round(1000 * _best(lambda: reg(tn, tp), args.repeats, clock) / b, 2)
+            out[f"regressor_ms_per_image_b{b}"] = round(1000 * best_time(lambda: reg(tn, tp), args.repeats, clock) / b, 2)
             x = torch.rand(b, 3, s, s)
             full = lambda: reg(enc_n.encode(x), enc_p.encode(x))  # noqa: E731
-            out[f"encoders_regressor_ms_per_image_b{b}"] = round(1000 * _best(full, args.repeats, clock) / b, 2)
+            out[f"encoders_regressor_ms_per_image_b{b}"] = round(1000 * best_time(full, args.repeats, clock) / b, 2)
 
     B, P, N = args.batch, 128, 512
     g = torch.Generator().manual_seed(0)
@@ -97,10 +90,10 @@ def main() -> None:
                                preset=args.preset, batch_size=B, n_points=N, n_pixels=P)
     trainer = RegressorTrainer(cfg, head, codes, enc_n, enc_p, data)
     batch: RegressorBatch = trainer.sample_batch()
-    out[f"train_step_s_b{B}_cached_tokens"] = round(_best(lambda: trainer.train_step(batch), max(1, args.repeats - 2),
+    out[f"train_step_s_b{B}_cached_tokens"] = round(best_time(lambda: trainer.train_step(batch), max(1, args.repeats - 2),
                                                           clock), 3)
     trainer.tokens = None  # encoders at every step
-    out[f"train_step_s_b{B}_encoding"] = round(_best(lambda: trainer.train_step(batch), max(1, args.repeats - 2),
+    out[f"train_step_s_b{B}_encoding"] = round(best_time(lambda: trainer.train_step(batch), max(1, args.repeats - 2),
                                                      clock), 3)
     with torch.no_grad():
         out["train_hit_fraction"] = round(float(trainer.losses(batch)["hit_fraction"]), 3)
