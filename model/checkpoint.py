@@ -72,10 +72,10 @@ def save_checkpoint(path: PathLike, layer: HeadLayer, codes: Optional[dict[str, 
         "codes": {k: v.detach().cpu().clone() for k, v in codes.items()},
         "meta": meta,
     }
-    return _atomic_save(payload, path)
+    return atomic_save(payload, path)
 
 
-def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
+def atomic_save(payload: dict[str, Any], path: Path) -> Path:
     """``torch.save`` to a temporary name beside ``path``, renamed on success (no partial file is left)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -279,7 +279,7 @@ def save_module_checkpoint(path: PathLike, module: torch.nn.Module, config: dict
     payload = {"format": fmt, "format_version": int(format_version), "config": dict(config),
                "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
                "meta": meta}
-    return _atomic_save(payload, path)
+    return atomic_save(payload, path)
 
 
 def load_module_payload(path: PathLike, fmt: str, format_version: int) -> dict[str, Any]:

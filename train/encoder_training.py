@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from model.checkpoint import atomic_save
 from model.errors import InputError
 from model.vit import EncoderConfig, EncoderOutput, GeometryEncoder, build_encoder, encoder_preset, save_encoder
 from train.encoder_data import AugmentConfig, EncoderBatch, RenderSet, augment_batch, load_render_set
@@ -187,11 +188,6 @@ class EncoderTrainer:
         return encoder_losses(self.encoder(batch.rgb), batch, self.cfg.target)
 
 
-def _save_state(trainer: EncoderTrainer, out_dir: Path) -> None:
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    torch.save(trainer.state_dict(), tmp)
-    tmp.replace(out_dir / STATE_FILE)
-
 
 def _log_eval(out_dir: Path, step: int, metrics: EncoderMetrics, losses: dict[str, float]) -> None:
     with open(out_dir / EVAL_LOG, "a") as f:
@@ -235,7 +231,7 @@ def train_encoder(cfg: EncoderTrainConfig, progress: bool = True, train_data: Op
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-                _save_state(trainer, out_dir)
+                atomic_save(trainer.state_dict(), out_dir / STATE_FILE)
             if heldout_data is not None and cfg.eval_every and trainer.step % cfg.eval_every == 0 \
                     and trainer.step < cfg.steps:
                 _log_eval(out_dir, trainer.step, evaluate_encoder(trainer.encoder, heldout_data), last)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import atomic_save, save_checkpoint
 from model.config import HeadConfig, preset
 from model.errors import InputError
 from model.head import HeadLayer
@@ -250,11 +250,6 @@ class HeadTrainer:
                     group["lr"] *= 0.5
 
 
-def _save_state(trainer: HeadTrainer, out_dir: Path) -> None:
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    torch.save(trainer.state_dict(), tmp)
-    tmp.replace(out_dir / STATE_FILE)
-
 
 def export_head(trainer: HeadTrainer, path: Path, extra_meta: dict | None = None) -> Path:
     """Write the trained network and its code tables as a project checkpoint (:mod:`model.checkpoint`)."""
@@ -305,7 +300,7 @@ def train_head(cfg: HeadTrainConfig, kit: IctFaceKit | None = None, progress: bo
             if trainer.step % 20 == 0:
                 bar.set_postfix(loss=f"{last['total']:.4f}", sdf=f"{last['surf_sdf']:.4f}")
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-                _save_state(trainer, out_dir)
+                atomic_save(trainer.state_dict(), out_dir / STATE_FILE)
     seconds = time.perf_counter() - t0
     ckpt = export_head(trainer, out_dir / MODEL_FILE, {"train_seconds_this_run": seconds})
     if not math.isfinite(last.get("total", 0.0)):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import atomic_save, load_checkpoint
 from model.errors import InputError
 from model.head import HeadLayer
 from model.regressor import Regressor, RegressorOutput, regressor_preset, save_regressor
@@ -210,11 +210,6 @@ class RegressorTrainer:
         return out
 
 
-def _save_state(trainer: RegressorTrainer, out_dir: Path) -> None:
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    torch.save(trainer.state_dict(), tmp)
-    tmp.replace(out_dir / STATE_FILE)
-
 
 def build_regressor_trainer(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit] = None,
                             progress: bool = True) -> RegressorTrainer:
@@ -258,7 +253,7 @@ def train_regressor(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit] = None,
             bar.update(1)
             bar.set_postfix(loss=f"{last['total']:.4f}", sdf=f"{last['sdf_3d']:.4f}", cos=f"{last['normal_2d']:.3f}")
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-                _save_state(trainer, out_dir)
+                atomic_save(trainer.state_dict(), out_dir / STATE_FILE)
     seconds = time.perf_counter() - t0
     meta = {"kind": "regressor", "train_config": cfg.to_dict(), "step": trainer.step,
             "train_seconds_this_run": seconds, "train_files": trainer.data.files,
