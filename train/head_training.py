@@ -138,6 +138,8 @@ class HeadTrainer:
                                            {"params": [self.z_ex], "lr": cfg.lr_ex}])
         self.step = 0
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.box_min = torch.tensor(frame.BOX_MIN.tolist())  # [3] where the deformation is pulled to zero
+        self.box_size = torch.tensor(frame.BOX_MAX.tolist()) - self.box_min
 
     # --- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -169,9 +171,7 @@ class HeadTrainer:
         space, space_gt = d.space[heads[:, None], vidx], d.space_sdf[heads[:, None], vidx]
         cidx = torch.randint(0, d.corr_posed.shape[1], (heads.shape[0], cfg.n_corresp), generator=self.rng)
         c_posed, c_neutral = d.corr_posed[heads[:, None], cidx], d.corr_neutral[heads[:, None], cidx]
-        box_min = torch.tensor(frame.BOX_MIN.tolist())
-        box_max = torch.tensor(frame.BOX_MAX.tolist())
-        rand_pts = box_min + (box_max - box_min) * torch.rand(heads.shape[0], 64, 3, generator=self.rng)
+        rand_pts = self.box_min + self.box_size * torch.rand(heads.shape[0], 64, 3, generator=self.rng)
 
         z_id = self.z_id[d.identity[heads]]  # [B, D_id]
         z_ex = self.z_ex[heads]  # [B, D_ex]

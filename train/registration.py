@@ -68,20 +68,25 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
             else z_ex_init.detach().clone().reshape(1, -1)).requires_grad_(True)
     params = [z_ex] + ([z_id] if cfg.fit_identity else [])
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    for p in layer.parameters():
+    frozen = [(p, p.requires_grad) for p in layer.parameters()]  # the caller's flags, restored below
+    for p, _ in frozen:
         p.requires_grad_(False)
     t0 = time.perf_counter()
     n = surface_points.shape[0]
-    for step in range(cfg.steps):
-        idx = torch.randint(0, n, (min(cfg.points_per_step, n),), generator=g)
-        sdf = layer(surface_points[idx][None], z_id, z_ex).sdf
-        loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum() + cfg.lambda_ex * z_ex.square().sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step == cfg.steps // 2:
-            for group in opt.param_groups:
-                group["lr"] *= 0.2
+    try:
+        for step in range(cfg.steps):
+            idx = torch.randint(0, n, (min(cfg.points_per_step, n),), generator=g)
+            sdf = layer(surface_points[idx][None], z_id, z_ex).sdf
+            loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum() + cfg.lambda_ex * z_ex.square().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step == cfg.steps // 2:
+                for group in opt.param_groups:
+                    group["lr"] *= 0.2
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
     with torch.no_grad():
         final = float(layer(surface_points[None, : min(n, 16384)], z_id, z_ex).sdf.abs().mean())
     return Registration(z_id=z_id.detach()[0], z_ex=z_ex.detach()[0], final_sdf_l1=final,

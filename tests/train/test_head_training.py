@@ -101,6 +101,7 @@ def test_registration_lowers_surface_sdf(kit, heads_dir, tmp_path):
         before = float(layer(pts[None], z0[None], torch.zeros(1, layer.cfg.expr_dim)).sdf.abs().mean())
     reg = register_points(layer, pts, RegisterConfig(steps=30, lr=2e-2, points_per_step=128), z0)
     assert reg.final_sdf_l1 < before
+    assert all(p.requires_grad for p in layer.parameters())  # the caller's layer is left as it was
     assert reg.z_id.shape == (layer.cfg.id_dim,) and reg.z_ex.shape == (layer.cfg.expr_dim,)
     with pytest.raises(InputError):
         register_points(layer, pts[:, :2], RegisterConfig(steps=1), z0)
