@@ -194,6 +194,15 @@ def _log_eval(out_dir: Path, step: int, metrics: EncoderMetrics, losses: dict[st
         f.write(json.dumps({"step": step, "train_losses": losses, "heldout": metrics.to_dict()}) + "\n")
 
 
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_images", "checkpoint_every")
+"""Settings a resumed run may change (it may be extended or shortened: the learning-rate schedule follows
+the new ``steps`` from the step it resumes at)."""
+
+
+def _without_schedule(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
 def train_encoder(cfg: EncoderTrainConfig, progress: bool = True, train_data: Optional[RenderSet] = None,
                   heldout_data: Optional[RenderSet] = None) -> EncoderTrainResult:
     """Train (or resume) one encoder; returns the checkpoint path, last losses and held-out metrics.
@@ -215,7 +224,7 @@ def train_encoder(cfg: EncoderTrainConfig, progress: bool = True, train_data: Op
     state_path = out_dir / STATE_FILE
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)
-        if json.loads(state["config"]) != json.loads(json.dumps(cfg.to_dict())):
+        if _without_schedule(json.loads(state["config"])) != _without_schedule(json.loads(json.dumps(cfg.to_dict()))):
             raise InputError(f"{state_path}: saved by a run with another configuration; use a new --out folder")
         trainer.load_state_dict(state)
     (out_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(),
