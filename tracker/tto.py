@@ -81,6 +81,8 @@ class TTOStage:
     """Weight of ``|z_id - z_id0|^2 + |z_ex - z_ex0|^2`` (squared L2 to the start codes)."""
     w_pose: float = 0.0
     """Weight of ``|R - R0|_F^2 + |t - t0|^2`` (model units) towards the start pose."""
+    w_prior: float = 0.0
+    """Weight of ``|z_ex - z_ex_prior|^2`` when a second expression target is given (see :func:`optimise`)."""
     patience: int = 15
     """Stop after this many steps without a relative loss improvement of at least ``tolerance``."""
     tolerance: float = 1e-3
@@ -94,7 +96,7 @@ class TTOStage:
         for name in ("lr_pose", "lr_z_ex", "lr_z_id"):
             if not getattr(self, name) > 0:
                 raise InputError(f"TTOStage {self.name!r}: {name} must be > 0, got {getattr(self, name)}")
-        for name in ("w_normal", "w_point", "w_reproj", "w_code", "w_pose", "tolerance"):
+        for name in ("w_normal", "w_point", "w_reproj", "w_code", "w_pose", "w_prior", "tolerance"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"TTOStage {self.name!r}: {name} must be >= 0, got {getattr(self, name)}")
         if int(self.patience) != self.patience or self.patience < 1:
@@ -143,11 +145,13 @@ class TTOResult:
     """Optimised codes and pose (the best-loss iterate of the last stage) and the history."""
 
     z_id: Tensor  # [1, D_id]
-    z_ex: Tensor  # [1, D_ex]
-    pose: Tensor  # [6] rotvec (radians) + translation (model units), model -> camera
+    z_ex: Tensor  # [K, D_ex] (K = 1 for one image)
+    pose: Tensor  # [6] (one image) or [K, 6]: rotvec (radians) + translation (model units), model -> camera
     history: dict[str, list[float]]  # stage name -> total loss per step run
     seconds: float
     steps_run: int
+    loss: float = math.nan  # best total loss of the last stage
+    x_warm: Tensor | None = None  # [K, V, 3] last vertex inversion, a warm start for the next call
 
 
 @dataclass
@@ -254,18 +258,27 @@ def visible_vertices(cam: Tensor, normals_cam: Tensor, uv: Tensor, mask: Tensor,
         return keep & in_mask & (cam[:, 2] <= zbuf[idx] + depth_tol)
 
 
+def posed_meshes(layer: Any, topology: FixedTopology, z_id: Tensor, z_ex: Tensor, snap: bool = True,
+                 x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Posed vertices ``[K, V, 3]`` (model units, head frame) for ``z_id [1 or K, D_id]`` and
+    ``z_ex [K, D_ex]``, and their detached initial solve ``[K, V, 3]`` (a warm start for the next call).
+    With ``snap``, one Newton step along the detached vertex normal moves each vertex onto the zero level
+    set of the current codes (see module docstring)."""
+    z_id = z_id.expand(len(z_ex), -1)
+    inv = topology.posed_vertices(layer, z_id, z_ex, x_init=x_init)
+    x = inv.x  # [K, V, 3]
+    if snap:
+        n = torch.stack([vertex_normals(xk, topology.faces) for xk in x.detach()])  # [K, V, 3]
+        sdf = layer(x, z_id, z_ex).sdf  # [K, V]
+        x = x - sdf[..., None] * n
+    return x, inv.x.detach()
+
+
 def posed_mesh(layer: Any, topology: FixedTopology, z_id: Tensor, z_ex: Tensor, snap: bool = True,
                x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Posed vertices ``[V, 3]`` (model units, head frame) for codes ``[1, D]`` and their detached initial
-    solve ``[V, 3]`` (a warm start for the next call). With ``snap``, one Newton step along the detached
-    vertex normal moves each vertex onto the zero level set of the current codes (see module docstring)."""
-    inv = topology.posed_vertices(layer, z_id, z_ex, x_init=None if x_init is None else x_init[None])
-    x = inv.x[0]  # [V, 3]
-    if snap:
-        n = vertex_normals(x.detach(), topology.faces)
-        sdf = layer(x[None], z_id, z_ex).sdf[0]  # [V]
-        x = x - sdf[:, None] * n
-    return x, inv.x[0].detach()
+    """One image's :func:`posed_meshes`: codes ``[1, D]``, ``x_init [V, 3]``; returns ``[V, 3]`` twice."""
+    x, warm = posed_meshes(layer, topology, z_id, z_ex, snap, None if x_init is None else x_init[None])
+    return x[0], warm[0]
 
 
 @dataclass
@@ -394,50 +407,85 @@ def init_pose_from_point_map(targets: TTOTargets, iterations: int = 15, max_poin
 
 def optimise(layer: Any, topology: FixedTopology, targets: TTOTargets, z_id0: Tensor, z_ex0: Tensor,
              pose0: Tensor, stages: list[TTOStage] | None = None, progress: bool = False,
-             snap: bool = True) -> TTOResult:
-    """Run the stages in order; each starts from the previous stage's best iterate.
+             snap: bool = True, z_ex_prior: Tensor | None = None, x_warm: Tensor | None = None) -> TTOResult:
+    """Single-image TTO: run the stages in order; each starts from the previous stage's best iterate.
 
     Args:
         layer: the head layer (``model.head.HeadLayer``); its parameters are not optimised.
         topology: the canonical mesh of the start identity (``FixedTopology.extract`` with ``z_id0``).
         targets: the image's predicted maps, mask and intrinsics.
-        z_id0, z_ex0: ``[1, D_id]``, ``[1, D_ex]`` start codes and regularisation targets.
-        pose0: ``[6]`` start pose (e.g. :func:`init_pose_from_point_map`), model -> camera.
+        z_id0, z_ex0: ``[1, D_id]``, ``[1, D_ex]`` start codes and regularisation targets (``w_code``).
+        pose0: ``[6]`` start pose (e.g. :func:`init_pose_from_point_map`), model -> camera; the target of
+            ``w_pose``.
         stages: default :func:`default_stages` (100 steps).
         progress: print one line per stage.
-        snap: move vertices onto the current zero level set (see :func:`posed_mesh`).
+        snap: move vertices onto the current zero level set (see :func:`posed_mesh`); not needed when
+            ``z_id`` is not optimised.
+        z_ex_prior: ``[1, D_ex]`` second expression target, weighted by ``TTOStage.w_prior`` (the tracker
+            starts from the previous frame and uses this frame's feed-forward code here).
+        x_warm: ``[1, V, 3]`` warm start of the vertex inversion (``TTOResult.x_warm`` of a previous call).
+    Returns:
+        :class:`TTOResult` with ``z_ex [1, D_ex]`` and ``pose [6]``.
     """
-    if z_id0.dim() != 2 or z_ex0.dim() != 2 or len(z_id0) != 1 or len(z_ex0) != 1:
-        raise InputError(f"z_id0 and z_ex0 must be [1, D], got {tuple(z_id0.shape)} and {tuple(z_ex0.shape)}")
     if pose0.shape != (6,):
         raise InputError(f"pose0 must be [6] (rotvec, t), got {tuple(pose0.shape)}")
+    res = optimise_views(layer, topology, [targets], z_id0, z_ex0, pose0[None], stages, progress, snap,
+                         z_ex_prior, x_warm)
+    res.pose = res.pose[0]
+    return res
+
+
+def optimise_views(layer: Any, topology: FixedTopology, targets: list[TTOTargets], z_id0: Tensor, z_ex0: Tensor,
+                   pose0: Tensor, stages: list[TTOStage] | None = None, progress: bool = False,
+                   snap: bool = True, z_ex_prior: Tensor | None = None,
+                   x_warm: Tensor | None = None) -> TTOResult:
+    """Joint TTO over ``K`` images of one identity: one shared ``z_id``, one ``z_ex`` and pose per image.
+
+    The loss is the sum of the per-image losses (:func:`tto_loss`) plus the regularisers; the tracker
+    uses it for the identity keyframes, :func:`optimise` for one image (``K = 1``).
+
+    Args:
+        targets: ``K`` per-image targets.
+        z_id0: ``[1, D_id]``; z_ex0: ``[K, D_ex]``; pose0: ``[K, 6]``; z_ex_prior: ``[K, D_ex]`` or None;
+        x_warm: ``[K, V, 3]`` or None. Other arguments as in :func:`optimise`.
+    """
+    n = len(targets)
+    if z_id0.dim() != 2 or len(z_id0) != 1 or z_ex0.dim() != 2 or len(z_ex0) != n:
+        raise InputError(f"z_id0 must be [1, D_id] and z_ex0 [K={n}, D_ex], got {tuple(z_id0.shape)} and "
+                         f"{tuple(z_ex0.shape)}")
+    if pose0.shape != (n, 6):
+        raise InputError(f"pose0 must be [K={n}, 6] (rotvec, t), got {tuple(pose0.shape)}")
+    if z_ex_prior is not None and z_ex_prior.shape != z_ex0.shape:
+        raise InputError(f"z_ex_prior must be {tuple(z_ex0.shape)}, got {tuple(z_ex_prior.shape)}")
     stages = default_stages() if stages is None else list(stages)
     start = time.perf_counter()
     z_id0, z_ex0 = z_id0.detach(), z_ex0.detach()
-    R_ref, t_ref = axis_angle_to_matrix(pose0[:3].detach()), pose0[3:].detach()
-    # The optimised pose is (delta [3], t [3]) with R = exp(delta) @ R_base, R_base fixed per stage: axis-angle
-    # near 180 degrees (the frontal camera) would make Adam's per-coordinate steps very uneven.
+    R_ref, t_ref = axis_angle_to_matrix(pose0[:, :3].detach()), pose0[:, 3:].detach()  # [K, 3, 3], [K, 3]
+    # The optimised pose is (delta [K, 3], t [K, 3]) with R = exp(delta) @ R_base, R_base fixed per stage:
+    # axis-angle near 180 degrees (the frontal camera) would make Adam's per-coordinate steps very uneven.
     R_base = R_ref
-    best = {"pose": torch.cat([torch.zeros_like(t_ref), t_ref]), "z_id": z_id0.clone(), "z_ex": z_ex0.clone()}
+    best = {"pose": torch.cat([torch.zeros_like(t_ref), t_ref], -1), "z_id": z_id0.clone(), "z_ex": z_ex0.clone()}
     history: dict[str, list[float]] = {}
     steps_run = 0
-    x_warm = None
-    corr = pixel_correspondences(topology, targets)
+    corr = [pixel_correspondences(topology, t) for t in targets]
     for stage in stages:
-        R_base = axis_angle_to_matrix(best["pose"][:3]) @ R_base
-        best["pose"] = torch.cat([torch.zeros_like(t_ref), best["pose"][3:]])
+        R_base = axis_angle_to_matrix(best["pose"][:, :3]) @ R_base
+        best["pose"] = torch.cat([torch.zeros_like(t_ref), best["pose"][:, 3:]], -1)
         current = {k: v.clone().requires_grad_(k in stage.params) for k, v in best.items()}
         groups = [{"params": [current[k]], "lr": getattr(stage, f"lr_{k}")} for k in stage.params]
         opt = torch.optim.Adam(groups)
         best_loss, since_best, losses = math.inf, 0, []
         for _ in range(stage.steps):
             opt.zero_grad(set_to_none=True)
-            x, x_warm = posed_mesh(layer, topology, current["z_id"], current["z_ex"], snap=snap, x_init=x_warm)
-            R = axis_angle_to_matrix(current["pose"][:3]) @ R_base
-            terms = tto_loss(x, R, current["pose"][3:], topology, targets, stage, corr)
+            x, x_warm = posed_meshes(layer, topology, current["z_id"], current["z_ex"], snap=snap, x_init=x_warm)
+            R = axis_angle_to_matrix(current["pose"][:, :3]) @ R_base  # [K, 3, 3]
+            data = sum(tto_loss(x[k], R[k], current["pose"][k, 3:], topology, targets[k], stage, corr[k]).total
+                       for k in range(n))
             reg = stage.w_code * ((current["z_id"] - z_id0).square().sum() + (current["z_ex"] - z_ex0).square().sum())
-            reg = reg + stage.w_pose * ((R - R_ref).square().sum() + (current["pose"][3:] - t_ref).square().sum())
-            loss = terms.total + reg
+            reg = reg + stage.w_pose * ((R - R_ref).square().sum() + (current["pose"][:, 3:] - t_ref).square().sum())
+            if z_ex_prior is not None and stage.w_prior > 0:
+                reg = reg + stage.w_prior * (current["z_ex"] - z_ex_prior).square().sum()
+            loss = data + reg
             value = float(loss.detach())
             losses.append(value)
             steps_run += 1
@@ -459,6 +507,7 @@ def optimise(layer: Any, topology: FixedTopology, targets: TTOTargets, z_id0: Te
         if progress:
             print(f"tto {stage.name}: {len(losses)} steps, loss {losses[0] if losses else float('nan'):.4f} -> "
                   f"{best_loss:.4f}")
-    pose = torch.cat([matrix_to_axis_angle(axis_angle_to_matrix(best["pose"][:3]) @ R_base), best["pose"][3:]])
+    R = axis_angle_to_matrix(best["pose"][:, :3]) @ R_base
+    pose = torch.cat([torch.stack([matrix_to_axis_angle(r) for r in R]), best["pose"][:, 3:]], -1)
     return TTOResult(z_id=best["z_id"], z_ex=best["z_ex"], pose=pose, history=history,
-                     seconds=time.perf_counter() - start, steps_run=steps_run)
+                     seconds=time.perf_counter() - start, steps_run=steps_run, loss=best_loss, x_warm=x_warm)
