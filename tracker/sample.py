@@ -4,7 +4,7 @@ This exercises the whole back end (head model -> fixed-topology mesh -> exporter
 identity is the mean of the model's training identity codes, the neutral expression is the mean code of
 its neutral training heads, and the animation interpolates smoothly (cosine ease) between expression
 codes of randomly chosen training heads. Each frame's vertices are found by inverting the backward
-deformation (:class:`model.topology.FixedTopology`), warm-started from the previous frame.
+deformation (:class:`tracker.bake.Baker`), warm-started from the previous frame.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ from exporters.base import ExportResult
 from exporters.registry import open_writer, writer_class
 from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
-from model.topology import FixedTopology
+from tracker.bake import Baker, head_bbox, neutral_expression
 
 
 @dataclass(frozen=True)
@@ -62,27 +61,17 @@ def sample_animation(out: str | os.PathLike, model: str | os.PathLike | None = N
     if not {"z_id", "z_ex", "is_neutral"} <= set(codes):
         raise InputError(f"{model_path}: needs the training code tables z_id, z_ex and is_neutral")
     z_id = codes["z_id"].mean(0, keepdim=True)  # [1, D_id]
-    neutral = codes["is_neutral"].bool()
-    z_neutral = codes["z_ex"][neutral].mean(0) if neutral.any() else torch.zeros(layer.cfg.expr_dim)
+    z_neutral = neutral_expression(codes, layer.cfg.expr_dim)  # [D_ex]
     g = torch.Generator().manual_seed(cfg.seed)
-    expressive = torch.nonzero(~neutral).flatten()
+    expressive = torch.nonzero(~codes["is_neutral"].bool()).flatten()
     pick = expressive[torch.randperm(len(expressive), generator=g)[:cfg.keyframes]]
     path = _expression_path(z_neutral, codes["z_ex"][pick], cfg.frames)  # [T, D_ex]
-    lo, hi = meta.get("bbox_min", [-0.55, -0.5, -0.95]), meta.get("bbox_max", [0.55, 0.75, 0.4])
-    with torch.no_grad():
-        topo = FixedTopology.extract(layer, z_id, z_neutral[None], lo, hi, cfg.resolution)
-    faces = topo.faces.numpy()
-    x_prev = None
-    unconverged = 0
-    with open_writer(out, faces, len(topo.canonical_vertices), cfg.fps) as writer:
+    baker = Baker(layer, z_id, z_neutral[None], *head_bbox(meta), resolution=cfg.resolution, max_iter=cfg.max_iter)
+    with open_writer(out, baker.faces, baker.n_vertices, cfg.fps) as writer:
         for z_ex in tqdm(path, desc="frames", unit="frame", disable=not progress):
-            res = topo.posed_vertices(layer, z_id, z_ex[None], x_init=x_prev, max_iter=cfg.max_iter)
-            x_prev = res.x.detach()
-            unconverged += int((~res.converged).sum())
-            writer.append(x_prev[0].numpy().astype(np.float32))
+            writer.append(baker.vertices(z_ex[None]))
     result = writer.result
-    if unconverged:
-        total = cfg.frames * len(topo.canonical_vertices)
-        print(f"note: {unconverged} of {total} vertex-frames ({100 * unconverged / total:.3f} %) did not reach the "
-              "inversion tolerance (kept at their best iterate)")
+    note = baker.note()
+    if note:
+        print(note)
     return result

@@ -1,0 +1,203 @@
+"""Baking codes into fixed-topology vertices, and a track file into an animation.
+
+:class:`Baker` owns one identity's fixed-topology mesh (:class:`model.topology.FixedTopology`: marching cubes
+once at the neutral expression, carried into canonical space) and turns one expression code per frame into
+``[V, 3]`` vertices by inverting the backward deformation, warm-started from the previous frame. Every frame
+has the same vertices and faces, so any point-cache format can hold the result.
+
+:func:`export_track` bakes every frame of a track file (:mod:`tracker.trackfile`) and streams it to an
+exporter (format from the extension), optionally with the tracked rigid head motion as a per-frame transform.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from exporters.base import ExportResult
+from exporters.mdd import MDDWriter
+from exporters.registry import open_writer, writer_class
+from model.checkpoint import default_weights, load_checkpoint
+from model.errors import InputError
+from model.head import HeadLayer
+from model.topology import FixedTopology
+from tracker.trackfile import Track, hold_over_gaps, load_track
+from tracker.tto import axis_angle_to_matrix
+
+#: Marching-cubes box (model units) when a head checkpoint records none (MonoNPHM's box).
+DEFAULT_BBOX = ((-0.55, -0.5, -0.95), (0.55, 0.75, 0.4))
+#: OpenCV camera (x right, y down, z forward) -> the exporters' Y-up frame (x right, y up, camera looking
+#: down -Z, as OpenGL): a rotation by 180 degrees about x.
+CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def neutral_expression(codes: dict[str, Tensor], expr_dim: int) -> Tensor:
+    """``[D_ex]``: mean expression code of the neutral training heads of a head checkpoint's code tables
+    (``z_ex [N, D_ex]``, ``is_neutral [N]``); zeros when the tables are absent or hold no neutral head."""
+    z_ex, neutral = codes.get("z_ex"), codes.get("is_neutral")
+    if z_ex is None or neutral is None or not bool(neutral.bool().any()):
+        return torch.zeros(expr_dim)
+    if z_ex.dim() != 2 or z_ex.shape[1] != expr_dim or neutral.shape != z_ex.shape[:1]:
+        raise InputError(f"head code tables: z_ex must be [N, {expr_dim}] and is_neutral [N], got "
+                         f"{list(z_ex.shape)} and {list(neutral.shape)}")
+    return z_ex[neutral.bool()].mean(0)
+
+
+def head_bbox(meta: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """``(lo, hi)`` marching-cubes box corners (model units) recorded in a head checkpoint's meta, else
+    :data:`DEFAULT_BBOX`."""
+    return list(meta.get("bbox_min", DEFAULT_BBOX[0])), list(meta.get("bbox_max", DEFAULT_BBOX[1]))
+
+
+class Baker:
+    """One identity's fixed-topology mesh, posed per frame by an expression code.
+
+    Args:
+        layer: the head model (:class:`model.head.HeadLayer`), used without gradients.
+        z_id: ``[1, D_id]`` identity code.
+        z_neutral: ``[1, D_ex]`` expression at which the mesh is extracted (:func:`neutral_expression`).
+        bbox_min, bbox_max: marching-cubes box corners, model units (:func:`head_bbox`).
+        resolution: marching-cubes resolution (grid points per box side).
+        max_iter: most inversion iterations per frame (warm-started, 20 is plenty at video frame rates).
+
+    :meth:`vertices` is stateful: each call starts from the previous call's solution, so call it in frame
+    order (or :meth:`reset` after a jump). Vertices are in model units (1 unit = 0.25 m), head frame.
+    """
+
+    def __init__(self, layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
+                 bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20) -> None:
+        if z_id.dim() != 2 or len(z_id) != 1:
+            raise InputError(f"z_id must be [1, D_id], got {list(z_id.shape)}")
+        if z_neutral.dim() != 2 or len(z_neutral) != 1:
+            raise InputError(f"z_neutral must be [1, D_ex], got {list(z_neutral.shape)}")
+        self.layer = layer
+        self.z_id = z_id.detach().float()  # [1, D_id]
+        self.max_iter = int(max_iter)
+        with torch.no_grad():
+            self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
+                                                  resolution)
+        self._x_prev: Tensor | None = None  # [1, V, 3] last solution (warm start)
+        self.frames = 0  # frames baked
+        self.unconverged = 0  # vertex-frames that did not reach the inversion tolerance
+
+    @property
+    def faces(self) -> np.ndarray:
+        """``[F, 3]`` int64 vertex indices, counter-clockwise seen from outside."""
+        return self.topology.faces.numpy()
+
+    @property
+    def n_vertices(self) -> int:
+        """``V``."""
+        return len(self.topology.canonical_vertices)
+
+    def reset(self) -> None:
+        """Forget the warm start (the next frame starts from the neutral vertices)."""
+        self._x_prev = None
+
+    def vertices(self, z_ex: Tensor) -> np.ndarray:
+        """Posed vertices ``[V, 3]`` float32 (model units) for one expression code ``z_ex [1, D_ex]``."""
+        if z_ex.dim() != 2 or len(z_ex) != 1:
+            raise InputError(f"z_ex must be [1, D_ex], got {list(z_ex.shape)}")
+        with torch.no_grad():
+            res = self.topology.posed_vertices(self.layer, self.z_id, z_ex.detach().float(), x_init=self._x_prev,
+                                               max_iter=self.max_iter)
+        self._x_prev = res.x  # [1, V, 3]
+        self.frames += 1
+        self.unconverged += int((~res.converged).sum())
+        return res.x[0].numpy().astype(np.float32)
+
+    def note(self) -> str | None:
+        """A one-line note when some vertices did not reach the inversion tolerance, else ``None``."""
+        if not self.unconverged:
+            return None
+        total = self.frames * self.n_vertices
+        return (f"note: {self.unconverged} of {total} vertex-frames ({100 * self.unconverged / total:.3f} %) did "
+                "not reach the inversion tolerance (kept at their best iterate)")
+
+    @staticmethod
+    def transform(pose: np.ndarray | Tensor, y_up: bool = True) -> np.ndarray:
+        """``[4, 4]`` float64 head transform (column vectors, model units) of a pose ``[6]``.
+
+        The pose is model -> camera in OpenCV convention (rotvec in radians, translation in model units):
+        ``x_cam = R(rotvec) @ x + t``. With ``y_up`` (default) the camera frame is turned to the exporters'
+        convention (Y up; the camera at the origin looking down -Z, as in OpenGL), i.e. ``diag(1, -1, -1)``
+        is applied after the pose, so a head facing the camera faces +Z as the exporters expect; without it
+        the matrix is the raw OpenCV model -> camera transform.
+        """
+        p = torch.as_tensor(np.asarray(pose, dtype=np.float64))
+        if p.shape != (6,) or not bool(torch.isfinite(p).all()):
+            raise InputError(f"pose must be a finite [6] (rotvec, t), got shape {list(p.shape)}")
+        m = np.eye(4)
+        m[:3, :3] = axis_angle_to_matrix(p[:3]).numpy()
+        m[:3, 3] = p[3:].numpy()
+        return CV_TO_GL @ m if y_up else m
+
+
+def resolve_head(head: str | os.PathLike | None, recorded: str = "default") -> Path:
+    """The head checkpoint to use: ``head`` when given, else the one a track records (``"default"`` = the
+    shipped ``model/weights/head_default.pt``). A recorded path that is gone is an :class:`InputError`."""
+    if head is not None:
+        return Path(head)
+    if recorded in ("", "default"):
+        return default_weights("head_default")
+    path = Path(recorded)
+    if not path.is_file():
+        raise InputError(f"{path}: the head checkpoint the track was made with is missing; give the head")
+    return path
+
+
+def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLike,
+                 head: str | os.PathLike | None = None, resolution: int = 128, with_pose: bool = False,
+                 progress: bool = True, *, max_iter: int = 20, fps: float | None = None, units: str = "m",
+                 **options: Any) -> ExportResult:
+    """Bake every frame of a track into a fixed-topology animation written to ``out``.
+
+    Args:
+        track_or_path: a :class:`~tracker.trackfile.Track` or a track file.
+        out: output path; the format follows the extension (every format of :mod:`exporters`). An unknown
+            extension fails before anything is loaded.
+        head: head checkpoint; default: the one the track records (see :func:`resolve_head`). Codes belong
+            to the head they were tracked with: a head of other code sizes is refused.
+        resolution: marching-cubes resolution of the mesh (extracted once, at the neutral expression of
+            the head's training codes).
+        with_pose: carry the tracked rigid head motion as a per-frame transform (:meth:`Baker.transform`,
+            Y-up camera frame); formats with a transform hierarchy store it apart from the points, the
+            others bake it in. Without it the head stays still in its own frame (expression only).
+        fps: output frame rate; default the track's. One output frame per track row (frame ``i`` at
+            ``i / fps``; the true times stay in the track's ``time_s``).
+        units, **options: passed to :func:`exporters.open_writer` (``blendshapes``, ``morph_targets``).
+
+    Gap frames (no face seen) hold the last usable frame's expression (and pose); gaps at the start take
+    the first usable frame's. ``result.extras`` gets ``gap_frames`` and ``unconverged_vertex_frames``.
+    """
+    cls = writer_class(out)  # unknown extension: fail before any work
+    track = track_or_path if isinstance(track_or_path, Track) else load_track(track_or_path)
+    head_path = resolve_head(head, track.head)
+    layer, codes, meta = load_checkpoint(head_path)
+    cfg = layer.cfg
+    if len(track.z_id) != cfg.id_dim or track.z_ex.shape[1] != cfg.expr_dim:
+        raise InputError(f"{head_path}: takes z_id [{cfg.id_dim}] and z_ex [{cfg.expr_dim}] but the track "
+                         f"({track.source}) has [{len(track.z_id)}] and [{track.z_ex.shape[1]}]: it was tracked "
+                         "with another head model")
+    z_ex = torch.from_numpy(hold_over_gaps(track.z_ex, track.usable))  # [T, D_ex]
+    poses = hold_over_gaps(track.pose, track.usable) if with_pose else None  # [T, 6]
+    baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, cfg.expr_dim)[None],
+                  *head_bbox(meta), resolution=resolution, max_iter=max_iter)
+    if cls is MDDWriter:
+        options.setdefault("n_frames", track.n_frames)
+    fps = track.fps if fps is None else fps
+    with open_writer(out, baker.faces, baker.n_vertices, fps, units=units, **options) as writer:
+        for i in tqdm(range(track.n_frames), desc="frames", unit="frame", disable=not progress):
+            writer.append(baker.vertices(z_ex[i:i + 1]), None if poses is None else baker.transform(poses[i]))
+    result = writer.result
+    result.extras.update(gap_frames=int((~track.usable).sum()), unconverged_vertex_frames=baker.unconverged)
+    note = baker.note()
+    if note and progress:
+        print(note)
+    return result
