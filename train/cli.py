@@ -265,5 +265,49 @@ def regressor(renders_dir: str, head_path: str, normal_encoder: str, point_encod
     click.echo(f"{result.checkpoint}: {result.steps} steps in {result.seconds:.1f} s this run ({losses})")
 
 
+@main.command("eval-single-view")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Renders folder from `nphm-train data renders` (its held-out split is evaluated).")
+@click.option("--head", "head_path", type=click.Path(dir_okay=False), default=None,
+              help="Head-model checkpoint [default: the shipped weights].")
+@click.option("--normal-encoder", type=click.Path(dir_okay=False), default=None,
+              help="Normal encoder checkpoint [default: the shipped weights].")
+@click.option("--point-encoder", type=click.Path(dir_okay=False), default=None,
+              help="Point-map encoder checkpoint [default: the shipped weights].")
+@click.option("--regressor", "regressor_path", type=click.Path(dir_okay=False), default=None,
+              help="Regressor checkpoint [default: the shipped weights].")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--tto/--no-tto", default=True, show_default=True, help="Also evaluate after test-time optimisation.")
+@click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True, help="TTO steps.")
+@click.option("--resolution", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Marching-cubes resolution of the evaluated meshes (whole head box).")
+@click.option("--fit-resolution", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Marching-cubes resolution of the mesh the TTO optimises.")
+@click.option("--samples", type=click.IntRange(min=100), default=100_000, show_default=True,
+              help="Points sampled on each mesh for the Chamfer distances.")
+@click.option("--no-align", is_flag=True, help="Skip the similarity ICP alignment to the ground truth.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@one_line_errors("nphm-train")
+def eval_single_view(data_dir: str, head_path: str | None, normal_encoder: str | None, point_encoder: str | None,
+                     regressor_path: str | None, max_images: int | None, tto: bool, steps: int, resolution: int,
+                     fit_resolution: int, samples: int, no_align: bool, out_path: str | None, ict_path: str | None,
+                     threads: int | None) -> None:
+    """Single-view reconstruction benchmark (Pix2NPHM Table 2): Chamfer L1/L2 (mm), NC on held-out renders."""
+    import torch
+
+    from train.single_view_eval import SingleViewConfig, format_table, run_single_view
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = SingleViewConfig(max_images=max_images, tto=tto, steps=steps, fit_resolution=fit_resolution,
+                           resolution=resolution, n_samples=samples, align=not no_align)
+    report = run_single_view(data_dir, cfg, head_path, normal_encoder, point_encoder, regressor_path, ict_path,
+                             out_path)
+    click.echo(format_table(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
