@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from tracker import __version__
+from model.errors import InputError
 from tracker.cli_util import DefaultCommandGroup, one_line_errors
 
 
@@ -20,9 +21,121 @@ from tracker.cli_util import DefaultCommandGroup, one_line_errors
 def main() -> None:
     """Turn a face video into an animated 3D head (Neural Parametric Head Model).
 
-    Tracking a video (`nphm-track VIDEO --out anim.usd`) is not built yet in this version; the commands
-    below work today. Every command has --help.
+    \b
+      nphm-track video.mp4 --out anim.usd            track a video (the default command: `track`)
+      nphm-track face.jpg --out face.obj             one photo -> one head mesh
+      nphm-track videos/ --out results/              every video of a folder
+      nphm-track export anim.track.npz --out a.abc   re-export a track without re-tracking
+      nphm-track transfer src.track.npz face.jpg --out t.usd   expressions onto another identity
+
+    Every command has --help.
     """
+
+
+_MODEL_OPTIONS = [
+    click.option("--head", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 help="Head-model checkpoint [default: the shipped model/weights/head_default.pt]."),
+    click.option("--normal-encoder", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 help="Normal encoder checkpoint [default: the shipped one]."),
+    click.option("--point-encoder", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 help="Point-map encoder checkpoint [default: the shipped one]."),
+    click.option("--regressor", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 help="Regressor checkpoint [default: the shipped one]."),
+]
+
+
+def model_options(fn):
+    for option in reversed(_MODEL_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command("track")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Video: the animation (.usd .usdc .usda .abc .pc2 .mdd .glb .gltf .npz, folder/ or "
+                   "name_####.obj|ply), plus a track file <out>.track.npz beside it. Image: the mesh (.obj .ply "
+                   ".stl or any of those). Folder of videos: the output folder.")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Video only: also write an mp4 of the tracked mesh drawn over the input.")
+@click.option("--format", "ext", default=".usd", show_default=True,
+              help="Folder input only: the extension of every output.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Folder input only: parallel worker processes.")
+@click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav", show_default=True,
+              help="Video decoder (decord is an optional extra).")
+@click.option("--device", default="cpu", show_default=True, help="torch device of the networks (cpu, cuda).")
+@click.option("--tto/--no-tto", default=True, show_default=True,
+              help="Image only: refine the feed-forward codes by test-time optimisation.")
+@click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Image only: test-time optimisation steps.")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Marching-cubes resolution of the output mesh.")
+@click.option("--with-pose", is_flag=True, help="Video: export the rigid head motion too (camera frame, Y up).")
+@click.option("--focal", type=float, default=None,
+              help="Focal length of the camera in pixels [default: 1.3 x the frame's longer side].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@model_options
+@one_line_errors("nphm-track")
+def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, decoder: str, device: str,
+          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, quiet: bool,
+          head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
+          regressor: Path | None) -> None:
+    """Track SOURCE (a video, a photo, or a folder of videos) into an animated head.
+
+    A video is decoded as a stream; the face is detected and cropped per frame, the identity is estimated
+    once from the first frames and kept, and every frame's expression and head pose are refined by
+    test-time optimisation warm-started from the previous frame, then smoothed with a short fixed lag.
+    """
+    from tracker.decode import IMAGE_SUFFIXES
+
+    weights = {"head": head, "normal_encoder": normal_encoder, "point_encoder": point_encoder,
+               "regressor": regressor}
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    if source.is_dir():
+        _track_folder(source, out, ext, workers, decoder, device, resolution, with_pose, focal, quiet, weights)
+        return
+    from tracker.predict import Models
+
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        from exporters.static import check_mesh_target
+        from tracker.single_image import reconstruct_image
+
+        check_mesh_target(out)
+        res = reconstruct_image(source, out, tto=tto, steps=steps, resolution=resolution,
+                                models=Models.load(device=device, **weights))
+        click.echo(f"wrote {res.out}: {res.n_vertices} vertices, {res.n_faces} faces "
+                   f"(feed-forward {res.fit.seconds_ff:.2f} s, TTO {res.fit.steps} steps {res.fit.seconds_tto:.1f} s)")
+        return
+    from tracker.pipeline import TrackConfig, track_video
+
+    cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
+                      focal_px=focal)
+    models = None if all(v is None for v in weights.values()) else Models.load(device=device, **weights)
+    res = track_video(source, out, cfg, models=models, preview=preview, progress=not quiet)
+    click.echo(f"wrote {res.out} ({res.frames} frames: {res.tracked} tracked, {res.held} held, {res.gaps} without "
+               f"a face; {res.fps:.2f} fps) and {res.track_path}" + (f"; preview {res.preview}" if res.preview else ""))
+
+
+def _track_folder(source: Path, out: Path, ext: str, workers: int, decoder: str, device: str, resolution: int,
+                  with_pose: bool, focal: float | None, quiet: bool, weights: dict) -> None:
+    from tracker.batch import track_folder
+    from tracker.pipeline import TrackConfig, track_video_quietly
+
+    if any(v is not None for v in weights.values()):
+        raise InputError("a folder is tracked with the shipped weights in this version (no --head/--regressor)")
+    cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
+                      focal_px=focal)
+    report = track_folder(source, out, ext=ext if ext.startswith(".") else f".{ext}", workers=workers,
+                          progress=not quiet, track_fn=track_video_quietly, cfg=cfg)
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
+    click.echo(f"{source}: {counts}; report {report.report_path}")
+    if report.failed:
+        failed = [f for f in report.files if f.status == "failed"]
+        for f in failed:
+            click.echo(f"nphm-track: error: {f.input}: {f.error}", err=True)
+        raise SystemExit(1)
 
 
 @main.command("export")
@@ -36,17 +149,64 @@ def main() -> None:
 @click.option("--blendshapes", type=int, default=None,
               help="USD only: encode as K UsdSkel blend shapes (PCA) instead of per-frame points.")
 @click.option("--morph-targets", type=int, default=None, help="glTF only: number of morph targets (32).")
+@click.option("--head", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Track input: head checkpoint [default: the one the track records].")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Track input: marching-cubes resolution of the mesh.")
+@click.option("--with-pose", is_flag=True, help="Track input: export the rigid head motion too.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @one_line_errors("nphm-track")
 def export(animation: Path, out: Path, fps: float | None, units: str | None, blendshapes: int | None,
-           morph_targets: int | None) -> None:
-    """Convert an animation NPZ (written by the NPZ exporter) to another format."""
+           morph_targets: int | None, head: Path | None, resolution: int, with_pose: bool, quiet: bool) -> None:
+    """Re-export a track file (<name>.track.npz, written beside every tracked video) or convert an
+    animation NPZ (written by the NPZ exporter) to another format, without tracking again."""
     from exporters import convert_animation
+    from tracker.trackfile import is_track_file
 
     options = {k: v for k, v in (("blendshapes", blendshapes), ("morph_targets", morph_targets))
                if v is not None}
-    result = convert_animation(animation, out, fps=fps, units=units, **options)
+    if animation.is_file() and is_track_file(animation):
+        from tracker.bake import export_track
+
+        result = export_track(animation, out, head=head, resolution=resolution, with_pose=with_pose,
+                              progress=not quiet, fps=fps, units=units or "m", **options)
+    else:
+        result = convert_animation(animation, out, fps=fps, units=units, **options)
     click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, "
                f"{result.bytes_written / 1e6:.2f} MB")
+
+
+@main.command("transfer")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="The animation of TARGET's identity with SOURCE's expressions (any export format), plus its "
+                   "track file <out>.track.npz; or a .track.npz alone.")
+@click.option("--tto/--no-tto", default=True, show_default=True,
+              help="Image target: refine its identity by test-time optimisation.")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Marching-cubes resolution of the mesh.")
+@click.option("--with-pose", is_flag=True, help="Export SOURCE's rigid head motion too.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@one_line_errors("nphm-track")
+def transfer(source: Path, target: Path, out: Path, tto: bool, resolution: int, with_pose: bool,
+             quiet: bool) -> None:
+    """Put the expressions of track SOURCE on the identity of TARGET (a track file or a photo)."""
+    from exporters import writer_class
+    from tracker.bake import export_track
+    from tracker.pipeline import track_path_for
+    from tracker.transfer import transfer_expressions
+
+    track_only = out.name.endswith(".track.npz")
+    if not track_only:
+        writer_class(out)  # an unknown extension fails before any work
+    track_file = out if track_only else track_path_for(out)
+    track = transfer_expressions(source, target, track_file, tto=tto)
+    if track_only:
+        click.echo(f"wrote {track_file}: {track.n_frames} frames")
+        return
+    result = export_track(track, out, resolution=resolution, with_pose=with_pose, progress=not quiet)
+    click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, and {track_file}")
 
 
 @main.command("sample")

@@ -23,7 +23,7 @@ def test_console_scripts_installed():
         assert __version__ in out.stdout
 
 
-def test_a_file_argument_without_the_tracker_says_so():
+def test_a_file_argument_runs_the_track_command():
     res = CliRunner().invoke(main, ["video.mp4", "--out", "anim.usd"])
     assert res.exit_code == 2
-    assert "not available in this version" in res.output and "sample" in res.output
+    assert res.output.strip() == "nphm-track: error: video.mp4: no such file or folder"
