@@ -309,5 +309,18 @@ def eval_single_view(data_dir: str, head_path: str | None, normal_encoder: str |
     click.echo(format_table(report))
 
 
+@main.command("ship")
+@click.argument("src", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", "dst", required=True, type=click.Path(dir_okay=False),
+              help="The float16 copy to write (e.g. model/weights/encoder_normals.pt).")
+@one_line_errors("nphm-train")
+def ship(src: str, dst: str) -> None:
+    """Copy a trained checkpoint with float16 weights (half the size) for model/weights/."""
+    from model.checkpoint import half_precision_copy
+
+    out = half_precision_copy(src, dst)
+    click.echo(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB (float16 weights)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

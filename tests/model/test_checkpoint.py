@@ -208,3 +208,22 @@ def test_official_key_mismatch_lists_keys(official_file, tmp_path):
     torch.save({"id_decoder": id_sd}, tmp_path / "noex.tar")
     with pytest.raises(InputError, match="missing entries: ex_decoder"):
         load_official_mononphm(tmp_path / "noex.tar", anchors)
+
+
+def test_half_precision_copy_halves_the_file_and_loads_as_float32(tmp_path):
+    from model.checkpoint import half_precision_copy
+    from model.vit import NormalEncoder, encoder_preset, load_encoder, save_encoder
+
+    torch.manual_seed(0)
+    enc = NormalEncoder(encoder_preset("tiny", "normals"))
+    full = save_encoder(tmp_path / "full.pt", enc)
+    half = half_precision_copy(full, tmp_path / "half.pt")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded, meta = load_encoder(half)
+    assert meta["stored_dtype"] == "float16"
+    for (name, a), b in zip(enc.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-3)
+    with pytest.raises(InputError, match="not an nphm-track checkpoint"):
+        torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
+        half_precision_copy(tmp_path / "other.pt", tmp_path / "o2.pt")
