@@ -207,3 +207,27 @@ def test_pixel_correspondences_match_canonical_points(scene):
     rows, cols = corr.uv[:, 1].long(), corr.uv[:, 0].long()
     d = (scene.topology.canonical_vertices[corr.vertex] - scene.targets.point_map[rows, cols]).norm(dim=-1)
     assert float(d.max()) <= 0.03
+
+
+def test_joint_views_share_one_identity_and_each_view_improves(scene):
+    starts = torch.stack([scene.pose_gt + torch.tensor([0.06, -0.04, 0.03, 0.02, 0.01, 0.1]),
+                          scene.pose_gt + torch.tensor([-0.05, 0.05, -0.02, -0.02, 0.02, -0.08])])
+    z_ex0 = scene.z_neutral.expand(2, -1)
+    stages = [tto.TTOStage("rigid", 15, params=("pose",), lr_pose=1e-2),
+              tto.TTOStage("joint", 25, params=("pose", "z_ex", "z_id"), lr_pose=5e-3, lr_z_ex=1e-2, lr_z_id=1e-4)]
+    res = tto.optimise_views(scene.layer, scene.topology, [scene.targets, scene.targets], scene.z_id, z_ex0,
+                             starts, stages)
+    assert res.z_id.shape == scene.z_id.shape and res.z_ex.shape == z_ex0.shape and res.pose.shape == (2, 6)
+    for k in range(2):
+        before = _vertex_error_mm(scene, scene.z_neutral, starts[k])
+        assert _vertex_error_mm(scene, res.z_ex[k:k + 1], res.pose[k]) < 0.75 * before
+    with pytest.raises(InputError, match="pose0 must be"):
+        tto.optimise_views(scene.layer, scene.topology, [scene.targets], scene.z_id, scene.z_neutral, starts)
+
+
+def test_expression_prior_pulls_towards_its_code(scene):
+    stage = [tto.TTOStage("frame", 10, params=("z_ex",), lr_z_ex=1e-2, w_code=0.0, w_prior=1e4, w_normal=0.0,
+                          w_point=0.0, w_reproj=0.0, patience=10)]
+    res = tto.optimise(scene.layer, scene.topology, scene.targets, scene.z_id, scene.z_neutral, scene.pose_gt,
+                       stage, snap=False, z_ex_prior=scene.z_gt)
+    assert float((res.z_ex - scene.z_gt).norm()) < 0.8 * float((scene.z_neutral - scene.z_gt).norm())
