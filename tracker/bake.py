@@ -89,7 +89,7 @@ class Baker:
     @property
     def faces(self) -> np.ndarray:
         """``[F, 3]`` int64 vertex indices, counter-clockwise seen from outside."""
-        return self.topology.faces.numpy()
+        return self.topology.faces.cpu().numpy()
 
     @property
     def n_vertices(self) -> int:
@@ -110,7 +110,7 @@ class Baker:
         self._x_prev = res.x  # [1, V, 3]
         self.frames += 1
         self.unconverged += int((~res.converged).sum())
-        return res.x[0].numpy().astype(np.float32)
+        return res.x[0].cpu().numpy().astype(np.float32)
 
     def note(self) -> str | None:
         """A one-line note when some vertices did not reach the inversion tolerance, else ``None``."""

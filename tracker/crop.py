@@ -88,7 +88,9 @@ def invert_affine(affine: np.ndarray) -> np.ndarray:
 def crop_square(image: np.ndarray, square: np.ndarray, size: int) -> np.ndarray:
     """Resample ``square`` ``[3]`` of ``image`` ``[H, W, 3]`` uint8 to ``[size, size, 3]`` uint8.
 
-    Bilinear with Pillow's area-aware support (antialiased when shrinking); outside the frame is black.
+    Bilinear with Pillow's area-aware support (antialiased when shrinking). Outside the frame the border
+    pixels are repeated (the networks never saw black bars in training; a replicated border looks like
+    more background).
     Consistent with :func:`crop_affine`: crop pixel ``u`` samples frame pixel ``A @ [u, v, 1]``.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -100,10 +102,12 @@ def crop_square(image: np.ndarray, square: np.ndarray, size: int) -> np.ndarray:
     ex0, ey0 = cx - side / 2 + 0.5, cy - side / 2 + 0.5        # edge coordinates: pixel i spans [i, i+1]
     ix0, iy0 = math.floor(ex0), math.floor(ey0)
     ix1, iy1 = math.ceil(ex0 + side), math.ceil(ey0 + side)
-    patch = np.zeros((iy1 - iy0, ix1 - ix0, 3), dtype=np.uint8)     # [ph, pw, 3], black outside the frame
-    sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
-    if sx1 > sx0 and sy1 > sy0:
-        patch[sy0 - iy0:sy1 - iy0, sx0 - ix0:sx1 - ix0] = image[sy0:sy1, sx0:sx1]
+    sx0, sy0 = min(max(ix0, 0), w - 1), min(max(iy0, 0), h - 1)
+    sx1, sy1 = max(min(ix1, w), sx0 + 1), max(min(iy1, h), sy0 + 1)
+    pad = ((sy0 - iy0, iy1 - sy1), (sx0 - ix0, ix1 - sx1), (0, 0))
+    patch = np.pad(image[sy0:sy1, sx0:sx1], [(max(a, 0), max(b, 0)) for a, b in pad], mode="edge")
+    patch = patch[max(-pad[0][0], 0):patch.shape[0] - max(-pad[0][1], 0),
+                  max(-pad[1][0], 0):patch.shape[1] - max(-pad[1][1], 0)]  # [ph, pw, 3]
     box = (ex0 - ix0, ey0 - iy0, ex0 - ix0 + side, ey0 - iy0 + side)
     out = Image.fromarray(patch).resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out, dtype=np.uint8)
@@ -194,9 +198,11 @@ class CropConfig:
 
     Attributes:
         size: crop side in pixels (the network input).
-        scale: crop side / the detector box's longer side.
-        shift_y: crop centre below the box centre, in box heights (Haar boxes span brows..lips, so the
-            default centres the crop on brows..chin with forehead and hair in the margin).
+        scale: crop side / the detector box's longer side. The default frames the whole head at about
+            0.6-0.7 of the crop, as the encoders' training renders do (their head fills 0.45-0.85 of the
+            image); a tighter crop (1.6) cut the skull and chin and left the renders' range.
+        shift_y: crop centre below the box centre, in box heights (Haar boxes span brows..lips; the
+            head's centre is a little above the box centre).
         max_hold: frames without a usable detection that re-use the last square (``"held"``) before the
             frame is a ``"gap"``.
         reacquire_iou: while a track is alive, a detection whose square overlaps the current one less than
@@ -204,8 +210,8 @@ class CropConfig:
     """
 
     size: int = 256
-    scale: float = 1.6
-    shift_y: float = 0.1
+    scale: float = 2.1
+    shift_y: float = -0.05
     max_hold: int = 5
     reacquire_iou: float = 0.1
 

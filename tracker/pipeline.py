@@ -289,7 +289,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             if state["writer"] is None:
                 state["writer"] = open_writer(out, baker.faces, baker.n_vertices, fps,
                                               start_frame=sol.index + 1).__enter__()
-            transform = Baker.transform(sol.pose.numpy()) if cfg.with_pose else None
+            transform = Baker.transform(sol.pose.cpu().numpy()) if cfg.with_pose else None
             state["writer"].append(vertices, transform)
         t = clock.add("export", t)
         if state["preview"] is not None:

@@ -34,12 +34,17 @@ def test_crop_samples_where_the_affine_says(square, size):
     np.testing.assert_allclose(crop[2:size - 2, 2:size - 2, 1], xy[..., 1], atol=1.0)
 
 
-def test_affine_round_trip_and_outside_is_black():
+def test_affine_round_trip_and_outside_repeats_the_border():
     affine = crop_affine(np.array([10.0, 20.0, 50.0]), 100)
     pts = np.array([[0.0, 0.0], [99.0, 37.5]])
     np.testing.assert_allclose(apply_affine(invert_affine(affine), apply_affine(affine, pts)), pts)
-    crop = crop_square(np.full((64, 64, 3), 200, np.uint8), np.array([0.0, 0.0, 64.0]), 64)
-    assert crop[:28, :28].max() == 0 and crop[36:, 36:].min() == 200     # frame starts at the crop centre
+    image = np.full((64, 64, 3), 200, np.uint8)
+    image[:, :8] = 50                                                    # a dark left border column band
+    crop = crop_square(image, np.array([0.0, 0.0, 64.0]), 64)             # frame starts at the crop centre
+    assert crop[:28, :28].max() == 50 and crop[:28, :28].min() == 50     # outside: the border repeated
+    assert crop[36:, 40:].min() == 200
+    far = crop_square(image, np.array([-500.0, 30.0, 20.0]), 8)           # wholly outside: nearest border
+    assert far.max() == 50
     with pytest.raises(ValueError, match=r"\[2, 3\]"):
         apply_affine(np.eye(3), pts)
 
@@ -103,7 +108,7 @@ def test_far_detection_is_ignored_while_held_then_starts_a_new_track():
     a = FaceBox(20, 20, 60, 60, 5.0)
     far = FaceBox(100, 50, 140, 90, 9.0)                                    # higher score, no overlap
     script = [[a], [a, far], [far], [far], [far], [far]]
-    cropper = FaceCropper(ScriptedDetector(script), CropConfig(size=32, max_hold=3), OneEuroSmoother())
+    cropper = FaceCropper(ScriptedDetector(script), CropConfig(size=32, scale=1.6, shift_y=0.1, max_hold=3), OneEuroSmoother())
     results = [cropper(f) for f in frames(6)]
     assert [r.status for r in results] == ["detected", "detected", "held", "held", "held", "detected"]
     assert results[1].detection == a                                        # continues the track, not score
