@@ -24,6 +24,7 @@ from model.errors import InputError
 from model.mesh import extract_mesh
 from tracker.crop import CropConfig, crop_frames
 from tracker.decode import open_video
+from tracker.detect import FaceDetector
 from tracker.pipeline import DEFAULT_FOCAL_FACTOR, crop_intrinsics, frame_intrinsics, TrackConfig
 from tracker.predict import ImageFit, Models, fit_image
 
@@ -40,11 +41,12 @@ class ImageResult:
     seconds: float
 
 
-def crop_image(path: str | os.PathLike, crop: Optional[CropConfig] = None) -> tuple[np.ndarray, np.ndarray]:
+def crop_image(path: str | os.PathLike, crop: Optional[CropConfig] = None,
+               detector: Optional[FaceDetector] = None) -> tuple[np.ndarray, np.ndarray]:
     """The face crop of an image ``[S, S, 3]`` uint8 and its intrinsics ``[3, 3]`` in crop pixels (the
     photo's focal length assumed as in :mod:`tracker.pipeline`). :class:`InputError` if no face is found."""
     stream = open_video(path)
-    frames = list(crop_frames(stream, (crop or CropConfig()).setup(), source=str(path)))
+    frames = list(crop_frames(stream, (crop or CropConfig()).setup(detector), source=str(path)))
     result = frames[0]
     if result.image is None:
         raise InputError(f"{path}: no face found")

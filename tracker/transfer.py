@@ -82,19 +82,16 @@ def _identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_con
                          detector: Any) -> tuple[np.ndarray, str]:
     """``z_id [D_id]`` fitted to the face in one image, and a description of where it came from."""
     from tracker import predict
-    from tracker.crop import CropConfig
 
     if models is None:
         models = predict.Models.load(head=None if head in ("", "default") else head)
     elif not same_head(models.head_path, head):
         raise InputError(f"{path}: the models use head {models.head_path!r} but the source track was made with "
                          f"{head!r}: codes of different head models cannot be mixed")
-    with open_video(path) as stream:
-        frame = next(iter(stream))
-    crop = (crop_config or CropConfig()).setup(detector)(frame)
-    if crop.image is None:
-        raise InputError(f"{path}: no face found in the image")
-    fit = predict.fit_image(models, crop.image, tto=tto)
+    from tracker.single_image import crop_image
+
+    crop, K = crop_image(path, crop_config, detector)
+    fit = predict.fit_image(models, crop, K, tto=tto)
     z_id = fit.z_id.detach().cpu().numpy().astype(np.float32)  # [1, D_id]
     if z_id.shape[:1] != (1,):
         raise InputError(f"{path}: the fit returned z_id of shape {list(z_id.shape)}, expected [1, D_id]")
