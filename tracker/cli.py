@@ -74,12 +74,14 @@ def model_options(fn):
 @click.option("--with-pose", is_flag=True, help="Video: export the rigid head motion too (camera frame, Y up).")
 @click.option("--focal", type=float, default=None,
               help="Focal length of the camera in pixels [default: 1.3 x the frame's longer side].")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Video: track only the first N frames (a quick look at a long video).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @model_options
 @one_line_errors("nphm-track")
 def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, decoder: str, device: str,
-          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, quiet: bool,
-          head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
+          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, max_frames: int | None,
+          quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
           regressor: Path | None) -> None:
     """Track SOURCE (a video, a photo, or a folder of videos) into an animated head.
 
@@ -111,7 +113,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     from tracker.pipeline import TrackConfig, track_video
 
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
-                      focal_px=focal)
+                      focal_px=focal, max_frames=max_frames)
     models = None if all(v is None for v in weights.values()) else Models.load(device=device, **weights)
     res = track_video(source, out, cfg, models=models, preview=preview, progress=not quiet)
     click.echo(f"wrote {res.out} ({res.frames} frames: {res.tracked} tracked, {res.held} held, {res.gaps} without "

@@ -68,6 +68,7 @@ class TrackConfig:
             off: the head stays at the origin and only the expression animates.
         crop: the face cropper's settings.
         write_track: also write the track file beside the output (``<out>.track.npz``).
+        max_frames: track only the first N frames (a quick look at a long video); None: all.
     """
 
     decoder: str = "pyav"
@@ -79,6 +80,7 @@ class TrackConfig:
     with_pose: bool = False
     crop: CropConfig = field(default_factory=CropConfig)
     write_track: bool = True
+    max_frames: Optional[int] = None
 
 
 @dataclass
@@ -307,7 +309,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             emit(ready)
 
     window: list[_Pending] = []
-    bar = tqdm(total=info.frame_count or None, desc=Path(video).name, unit="frame", disable=not progress)
+    total = info.frame_count if cfg.max_frames is None else min(info.frame_count or cfg.max_frames, cfg.max_frames)
+    bar = tqdm(total=total or None, desc=Path(video).name, unit="frame", disable=not progress)
     try:
         if preview is not None:
             from tracker.preview import PreviewWriter
@@ -315,7 +318,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             state["preview"] = PreviewWriter(preview, fps)
         t = time.perf_counter()
         latest: dict = {}
-        for crop in crop_frames(_counted(stream, bar, latest), cfg.crop.setup(), source=str(video)):
+        frames = _counted(stream, bar, latest, cfg.max_frames)
+        for crop in crop_frames(frames, cfg.crop.setup(), source=str(video)):
             t = clock.add("decode+detect", t)
             item = _Pending(crop, latest.get("image") if keep_frames else None)
             if tracker.z_id is None:
@@ -371,9 +375,12 @@ def track_video_quietly(video: str | os.PathLike, out: str | os.PathLike, **kwar
     return track_video(video, out, progress=False, **kwargs)
 
 
-def _counted(stream, bar, latest: dict):
-    """The stream's frames, counted on the progress bar; ``latest["image"]`` is the current frame's image."""
+def _counted(stream, bar, latest: dict, max_frames: Optional[int] = None):
+    """The stream's frames (the first ``max_frames``), counted on the progress bar; ``latest["image"]`` is the
+    current frame's image."""
     for frame in stream:
+        if max_frames is not None and frame.index >= max_frames:
+            break
         latest["image"] = frame.image
         bar.update(1)
         yield frame
