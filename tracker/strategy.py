@@ -128,6 +128,11 @@ class TrackingStrategy:
         identity_stages: the joint keyframe TTO (rigid, then pose + ``z_ex`` + ``z_id``).
         frame_stages: the per-frame TTO (pose + ``z_ex``; ``w_code`` and ``w_pose`` pull towards the
             previous frame's solution, the temporal terms; ``w_prior`` towards this frame's feed-forward code).
+            The point-map term is off per frame (``w_point=0``): the shipped point-map encoder is coarse
+            (36 mm held-out L1, see its weights card) and, tried on a held-out synthetic video, pulling every
+            frame towards its maps made the tracked expression motion worse; the point map still sets the
+            pose at (re-)initialisation (with the pixel-to-vertex reprojection term) and drives the identity
+            keyframes.
         reinit_after: a face back after more than this many gap frames restarts from the feed-forward
             prediction and a fresh pose instead of the previous frame's solution.
         reinit_loss_ratio: a frame whose TTO loss exceeds this multiple of the keyframes' loss is re-run once
@@ -143,8 +148,8 @@ class TrackingStrategy:
         TTOStage("id-joint", 30, params=("pose", "z_ex", "z_id"), lr_pose=5e-3, lr_z_ex=1e-2, lr_z_id=1e-4),
     ])
     frame_stages: list[TTOStage] = field(default_factory=lambda: [
-        TTOStage("frame", 8, params=("pose", "z_ex"), lr_pose=3e-3, lr_z_ex=5e-3, w_code=2.0, w_pose=1.0,
-                 w_prior=1.0, patience=3),
+        TTOStage("frame", 6, params=("pose", "z_ex"), lr_pose=3e-3, lr_z_ex=5e-3, w_point=0.0, w_code=2.0,
+                 w_pose=1.0, w_prior=1.0, patience=2),
     ])
     reinit_after: int = 5
     reinit_loss_ratio: float = 3.0

@@ -17,7 +17,7 @@ import numpy as np
 
 from model.checkpoint import default_weights
 from model.errors import InputError
-from tracker.decode import IMAGE_SUFFIXES, open_video
+from tracker.decode import IMAGE_SUFFIXES
 from tracker.trackfile import Track, load_track, save_track
 
 
