@@ -467,6 +467,7 @@ def optimise_views(layer: Any, topology: FixedTopology, targets: list[TTOTargets
     best = {"pose": torch.cat([torch.zeros_like(t_ref), t_ref], -1), "z_id": z_id0.clone(), "z_ex": z_ex0.clone()}
     history: dict[str, list[float]] = {}
     steps_run = 0
+    best_loss = math.nan  # no stages: the start is returned as it is
     corr = [pixel_correspondences(topology, t) for t in targets]
     for stage in stages:
         R_base = axis_angle_to_matrix(best["pose"][:, :3]) @ R_base

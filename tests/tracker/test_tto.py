@@ -231,3 +231,9 @@ def test_expression_prior_pulls_towards_its_code(scene):
     res = tto.optimise(scene.layer, scene.topology, scene.targets, scene.z_id, scene.z_neutral, scene.pose_gt,
                        stage, snap=False, z_ex_prior=scene.z_gt)
     assert float((res.z_ex - scene.z_gt).norm()) < 0.8 * float((scene.z_neutral - scene.z_gt).norm())
+
+
+def test_no_stages_returns_the_start(scene):
+    res = tto.optimise(scene.layer, scene.topology, scene.targets, scene.z_id, scene.z_neutral, scene.pose_gt, [])
+    assert res.steps_run == 0 and torch.equal(res.z_ex, scene.z_neutral)
+    torch.testing.assert_close(res.pose, scene.pose_gt, atol=1e-5, rtol=0)
