@@ -15,6 +15,8 @@ term            what                                                            
                 predicted head; ``n_pred`` from :func:`model.render.render_normals` (sphere
                 tracing, then a differentiable normal) with the render's camera
 ``reg``         mean over the batch of ``|z_id|^2 + |z_ex|^2``                                  1e-4
+``prior``       mean squared code whitened by the training codes' mean and std (ours; see        1e-2
+                :class:`RegressorLossWeights`)
 ==============  ==============================================================================  =======
 
 Sampled face pixels whose ray misses the predicted head get no normal loss (the 3D term pulls the
@@ -62,6 +64,12 @@ class RegressorLossWeights:
     sdf_3d: float = 10.0
     normal_2d: float = 1.0
     reg: float = 1e-4
+    prior: float = 1e-2
+    """Weight of the code prior: mean squared code, whitened by the head model's training-code statistics
+    (about 1 for codes like the training codes). Added after the first shipped regressor, trained with
+    ``prior = 0`` (the paper's terms only), drifted to one constant code about 20 standard deviations out
+    (see ``model/weights/regressor_default.json``); ``reg`` alone (1e-4 on |z|^2) is too weak at this
+    model's code scale."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,13 @@ class RegressorTrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def code_prior(regressor: Regressor, z_id: Tensor, z_ex: Tensor) -> Tensor:
+    """Mean over the batch of the mean squared code ``[B, D]`` whitened by the regressor's code statistics
+    (the head model's training codes): about 1 for codes like the training codes."""
+    return (((z_id - regressor.id_mean) / regressor.id_scale).square().mean(-1)
+            + ((z_ex - regressor.ex_mean) / regressor.ex_scale).square().mean(-1)).mean()
 
 
 @dataclass
@@ -183,12 +198,14 @@ class RegressorTrainer:
         cos = (ren.normals * batch.normals).sum(-1)  # [B, P]
         normal_2d = (1.0 - cos)[use].mean() if bool(use.any()) else ren.normals.sum() * 0.0
         reg = (z_id.square().sum(-1) + z_ex.square().sum(-1)).mean()
-        return {"sdf_3d": sdf_3d, "normal_2d": normal_2d, "reg": reg,
+        prior = code_prior(self.regressor, z_id, z_ex)
+        return {"sdf_3d": sdf_3d, "normal_2d": normal_2d, "reg": reg, "prior": prior,
                 "hit_fraction": use.float().sum() / batch.pixel_valid.float().sum().clamp_min(1.0)}
 
     def weighted(self, terms: dict[str, Tensor]) -> Tensor:
         w = self.cfg.weights
-        return w.sdf_3d * terms["sdf_3d"] + w.normal_2d * terms["normal_2d"] + w.reg * terms["reg"]
+        return (w.sdf_3d * terms["sdf_3d"] + w.normal_2d * terms["normal_2d"] + w.reg * terms["reg"]
+                + w.prior * terms["prior"])
 
     def sample_batch(self) -> RegressorBatch:
         index = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.rng)

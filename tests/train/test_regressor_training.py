@@ -153,3 +153,19 @@ def test_face_pixel_pool_without_face_pixels_is_invalid():
     normals[2, 5] = (0, 0, -2)
     uv, nrm, valid = _face_pixels(mask, normals, rng, 3)
     assert valid.all() and (uv == [[5, 2]] * 3).all() and np.allclose(nrm, [[0, 0, -1]] * 3)
+
+
+def test_code_prior_is_about_one_in_distribution_and_grows_outside(world, kit, tmp_path):
+    from model.checkpoint import load_checkpoint
+    from train.regressor_training import code_prior
+
+    _, codes, _ = load_checkpoint(world / "head.pt")
+    trainer = build_regressor_trainer(_cfg(world, tmp_path), kit, progress=False)
+    r = trainer.regressor
+    z_id, z_ex = codes["z_id"], codes["z_ex"][:len(codes["z_id"])]
+    inside = float(code_prior(r, z_id, z_ex))
+    assert 0.5 < inside < 4.0  # the training codes themselves: about 1 per part
+    far = float(code_prior(r, z_id + 20 * r.id_scale, z_ex + 20 * r.ex_scale))
+    assert far > 100 * inside  # 20 standard deviations out, as the first shipped regressor drifted
+    terms = trainer.losses(trainer.sample_batch())
+    assert "prior" in terms and float(terms["prior"]) < 4.0  # the untrained regressor predicts about the mean
