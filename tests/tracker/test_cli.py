@@ -1,5 +1,4 @@
 import subprocess
-import sys
 
 from click.testing import CliRunner
 

@@ -8,7 +8,6 @@ consistent, gaps, odd inputs, failures leaving nothing behind), not accuracy: th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import av
@@ -18,14 +17,11 @@ import torch
 from click.testing import CliRunner
 
 from exporters import read_animation
-from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
-from model.regressor import Regressor, regressor_preset
-from model.vit import NormalEncoder, PointMapEncoder, encoder_preset
 from tests.tracker.test_decode import write_video
 from tracker.cli import main
 from tracker.pipeline import (FrameSolution, TrackConfig, crop_intrinsics, track_path_for, track_video)
-from tracker.predict import Models, Prediction
+from tracker.predict import Prediction
 from tracker.strategy import FixedLagSmoother, TrackingStrategy
 from tracker.trackfile import load_track
 from tracker.tto import TTOStage
@@ -38,17 +34,6 @@ def frames() -> list[np.ndarray]:
     with av.open(str(EXAMPLE)) as c:
         out = [f.to_ndarray(format="rgb24") for _, f in zip(range(6), c.decode(video=0))]
     return out
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    torch.manual_seed(0)
-    layer, codes, meta = load_checkpoint(default_weights("head_default"))
-    en, ep = encoder_preset("tiny", "normals"), encoder_preset("tiny", "points")
-    reg = Regressor(regressor_preset("tiny", layer.cfg, en, ep))
-    reg.set_code_statistics(codes["z_id"], codes["z_ex"])
-    return Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
-                  point_encoder=PointMapEncoder(ep), regressor=reg).to("cpu")
 
 
 def plausible_maps(pred: Prediction) -> Prediction:

@@ -11,23 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
 from model.regressor import Regressor, regressor_preset
-from model.vit import NormalEncoder, PointMapEncoder, encoder_preset
 from tracker.predict import (Models, default_crop_intrinsics, fit_image, predict, resize_intrinsics,
                              to_network_images)
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    torch.manual_seed(0)
-    layer, codes, meta = load_checkpoint(default_weights("head_default"))
-    en, ep = encoder_preset("tiny", "normals"), encoder_preset("tiny", "points")
-    reg = Regressor(regressor_preset("tiny", layer.cfg, en, ep))
-    reg.set_code_statistics(codes["z_id"], codes["z_ex"])
-    return Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
-                  point_encoder=PointMapEncoder(ep), regressor=reg).to("cpu")
 
 
 def test_models_refuse_a_regressor_of_another_head(models):

@@ -84,17 +84,10 @@ def test_image_target_crops_and_fits_the_face(tmp_path, monkeypatch):
 def test_image_target_through_the_real_fit(tmp_path, monkeypatch):
     """The image branch against the real Models / fit_image API (tiny untrained encoders and regressor,
     the shipped head): the fitted identity is the regressor's [1, D_id] output, written into the track."""
-    from model.checkpoint import default_weights, load_checkpoint
-    from model.regressor import Regressor, regressor_preset
-    from model.vit import NormalEncoder, PointMapEncoder, encoder_preset
+    from tests.tracker.conftest import tiny_models
 
-    torch.manual_seed(0)
-    layer, codes, meta = load_checkpoint(default_weights("head_default"))
-    en, ep = encoder_preset("tiny", "normals"), encoder_preset("tiny", "points")
-    reg = Regressor(regressor_preset("tiny", layer.cfg, en, ep))
-    reg.set_code_statistics(codes["z_id"], codes["z_ex"])
-    models = predict.Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
-                            point_encoder=PointMapEncoder(ep), regressor=reg).to("cpu")
+    models = tiny_models()
+    layer = models.layer
     real_predict = predict.predict
     outputs = []
 

@@ -1,0 +1,28 @@
+"""Shared tracker fixtures: the model bundle with the shipped trained head and tiny untrained networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.checkpoint import default_weights, load_checkpoint
+from model.regressor import Regressor, regressor_preset
+from model.vit import NormalEncoder, PointMapEncoder, encoder_preset
+from tracker.predict import Models
+
+
+def tiny_models() -> Models:
+    """The shipped head with tiny, untrained encoders and regressor (outputs start at the mean codes): real
+    code paths at test speed; accuracy is not what these tests check."""
+    torch.manual_seed(0)
+    layer, codes, meta = load_checkpoint(default_weights("head_default"))
+    en, ep = encoder_preset("tiny", "normals"), encoder_preset("tiny", "points")
+    reg = Regressor(regressor_preset("tiny", layer.cfg, en, ep))
+    reg.set_code_statistics(codes["z_id"], codes["z_ex"])
+    return Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
+                  point_encoder=PointMapEncoder(ep), regressor=reg).to("cpu")
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return tiny_models()
