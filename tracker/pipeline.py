@@ -190,13 +190,17 @@ class VideoTracker:
         self.clock.add("identity", t)
 
     # --- one frame --------------------------------------------------------------------------------------
+    def hold(self, item: _Pending) -> FrameSolution:
+        """A gap: the previous solution repeated, confidence 0."""
+        self.gap_frames += 1
+        prev, crop = self.previous, item.crop
+        return FrameSolution(crop.index, crop.time_s, "gap", prev.z_ex, prev.pose, prev.K, prev.crop_to_frame, 0.0,
+                             payload=item.frame)
+
     def solve(self, item: _Pending) -> FrameSolution:
         crop = item.crop
         if crop.image is None:
-            self.gap_frames += 1
-            prev = self.previous
-            return FrameSolution(crop.index, crop.time_s, "gap", prev.z_ex, prev.pose, prev.K, prev.crop_to_frame,
-                                 0.0, payload=item.frame)
+            return self.hold(item)
         t = time.perf_counter()
         pred = item.prediction if item.prediction is not None else predict(self.models, crop.image)
         t = self.clock.add("regress", t)
@@ -217,10 +221,7 @@ class VideoTracker:
         if res is None:  # the encoders see no head although the detector found a face: treat as a gap
             if self.previous is None:
                 raise InputError("the encoders see no head in the first face frame")
-            self.gap_frames = 1
-            prev = self.previous
-            return FrameSolution(crop.index, crop.time_s, "gap", prev.z_ex, prev.pose, prev.K, prev.crop_to_frame,
-                                 0.0, payload=item.frame)
+            return self.hold(item)
         conf = min(1.0, self.reference_loss / max(res.loss, 1e-12)) if np.isfinite(self.reference_loss) else 1.0
         status = "tracked" if crop.status == "detected" else "held"
         sol = FrameSolution(crop.index, crop.time_s, status, res.z_ex[0], res.pose, K_crop, crop.crop_to_frame,

@@ -32,6 +32,7 @@ from model.head import HeadLayer
 from model.regressor import Regressor, load_regressor
 from model.topology import FixedTopology
 from model.vit import GeometryEncoder, load_encoder
+from tracker.bake import head_bbox, neutral_expression
 from tracker.tto import TTOResult, TTOStage, TTOTargets, default_stages, init_pose_from_point_map, optimise
 
 #: Names of the shipped weights (``model/weights/<name>.pt``).
@@ -39,9 +40,6 @@ WEIGHTS = {"head": "head_default", "normals": "encoder_normals", "points": "enco
            "regressor": "regressor_default"}
 DEFAULT_FOCAL_FACTOR = 2.4
 """Assumed focal length of a crop of unknown camera, in crop sides (module docstring)."""
-DEFAULT_BBOX = ([-0.55, -0.5, -0.95], [0.55, 0.75, 0.4])
-"""Marching-cubes box (model units) when a head checkpoint records none (MonoNPHM's box)."""
-
 
 PathLike = str | os.PathLike
 
@@ -106,15 +104,11 @@ class Models:
     @property
     def bbox(self) -> tuple[list[float], list[float]]:
         """``(lo, hi)`` corners of the marching-cubes box, model units."""
-        return (list(self.head_meta.get("bbox_min", DEFAULT_BBOX[0])),
-                list(self.head_meta.get("bbox_max", DEFAULT_BBOX[1])))
+        return head_bbox(self.head_meta)
 
     def neutral_expression(self) -> Tensor:
         """``[1, D_ex]``: mean training code of the neutral expressions (zeros when the tables are absent)."""
-        z_ex, neutral = self.codes.get("z_ex"), self.codes.get("is_neutral")
-        if z_ex is None or neutral is None or not bool(neutral.bool().any()):
-            return torch.zeros(1, self.layer.cfg.expr_dim, device=self.device)
-        return z_ex[neutral.bool()].mean(0, keepdim=True)
+        return neutral_expression(self.codes, self.layer.cfg.expr_dim).to(self.device)[None]
 
 
 # --- images and cameras ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from model.mesh import extract_mesh
 from tracker.crop import CropConfig, crop_frames
 from tracker.decode import open_video
 from tracker.detect import FaceDetector
-from tracker.pipeline import DEFAULT_FOCAL_FACTOR, crop_intrinsics, frame_intrinsics, TrackConfig
+from tracker.pipeline import TrackConfig, crop_intrinsics, frame_intrinsics
 from tracker.predict import ImageFit, Models, fit_image
 
 
@@ -50,7 +50,7 @@ def crop_image(path: str | os.PathLike, crop: Optional[CropConfig] = None,
     result = frames[0]
     if result.image is None:
         raise InputError(f"{path}: no face found")
-    K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig(focal_factor=DEFAULT_FOCAL_FACTOR))
+    K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
     return result.image, crop_intrinsics(K_frame, result.crop_to_frame)
 
 

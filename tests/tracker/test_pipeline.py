@@ -130,8 +130,7 @@ def test_tracks_a_clip_into_usd_track_and_preview(tmp_path, frames, models):
     video = write_video(tmp_path / "clip.mp4", frames)
     res = run(video, tmp_path / "anim.usd", models, preview=tmp_path / "prev.mp4")
     assert res.frames == 6 and res.tracked + res.held == 6 and res.gaps == 0
-    anim = read_animation(res.export.path) if res.export.path.suffix == ".npz" else None
-    assert anim is None and res.export.n_frames == 6
+    assert res.export.path == tmp_path / "anim.usd" and res.export.n_frames == 6
     track = load_track(res.track_path)
     assert track.n_frames == 6 and list(track.frame_index) == list(range(6))
     assert track.z_ex.shape[0] == 6 and np.isfinite(track.pose).all()
