@@ -248,10 +248,15 @@ def eval_head(model_path: str, data_dir: str, out_path: str | None, resolution: 
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
 @click.option("--prior", type=click.FloatRange(min=0), default=1e-2, show_default=True,
               help="Weight of the whitened code prior (keeps predicted codes like the head's training codes).")
+@click.option("--code", "code_weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a direct code term against per-render code targets (fitted once, cached in "
+                   "<out>/code_targets.npz); 0 = the paper's terms only.")
+@click.option("--normal-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the 2D normal term (paper: 1); 0 skips rendering normals (much faster steps).")
 @one_line_errors("nphm-train")
 def regressor(renders_dir: str, head_path: str, normal_encoder: str, point_encoder: str, out_dir: str, preset: str,
               steps: int, batch_size: int, lr: float, seed: int, max_items: int | None, ict_path: str | None,
-              threads: int | None, prior: float) -> None:
+              threads: int | None, prior: float, code_weight: float, normal_weight: float) -> None:
     """Train the Pix2NPHM regressor (encoders and head frozen; see train/regressor_training.py)."""
     import torch
 
@@ -264,7 +269,8 @@ def regressor(renders_dir: str, head_path: str, normal_encoder: str, point_encod
     cfg = RegressorTrainConfig(renders_dir=renders_dir, head=head_path, normal_encoder=normal_encoder,
                                point_encoder=point_encoder, out_dir=out_dir, preset=preset, steps=steps,
                                batch_size=batch_size, lr=lr, seed=seed, max_items=max_items, ict_path=ict_path,
-                               weights=RegressorLossWeights(prior=prior))
+                               weights=RegressorLossWeights(prior=prior, code=code_weight,
+                                                            normal_2d=normal_weight))
     result = train_regressor(cfg)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
     click.echo(f"{result.checkpoint}: {result.steps} steps in {result.seconds:.1f} s this run ({losses})")

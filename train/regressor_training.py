@@ -17,7 +17,12 @@ term            what                                                            
 ``reg``         mean over the batch of ``|z_id|^2 + |z_ex|^2``                                  1e-4
 ``prior``       mean squared code whitened by the training codes' mean and std (ours; see        1e-2
                 :class:`RegressorLossWeights`)
+``code``        mean squared whitened difference between the predicted codes and the render's     0
+                code targets (ours, off by default: :mod:`train.code_targets`, codes fitted to
+                its ground truth)
 ==============  ==============================================================================  =======
+
+With ``normal_2d = 0`` no normals are rendered (a step is then several times faster).
 
 Sampled face pixels whose ray misses the predicted head get no normal loss (the 3D term pulls the
 surface there). Optimiser: Adam at 1e-4 (as the paper), gradient clipping. The run is seeded (one
@@ -31,6 +36,7 @@ checkpoint's code tables, so training starts from the mean training head.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -50,6 +56,7 @@ from model.regressor import Regressor, RegressorOutput, regressor_preset, save_r
 from model.render import TraceConfig, render_normals
 from model.vit import GeometryEncoder, load_encoder
 from train import frame
+from train.code_targets import CodeFitConfig, CodeTargets, code_targets
 from train.ict import IctFaceKit, default_ict_path, load_ict
 from train.regressor_data import RegressorBatch, RegressorDataConfig, RegressorSet, load_regressor_set
 
@@ -70,6 +77,12 @@ class RegressorLossWeights:
     ``prior = 0`` (the paper's terms only), drifted to one constant code about 20 standard deviations out
     (see ``model/weights/regressor_default.json``); ``reg`` alone (1e-4 on |z|^2) is too weak at this
     model's code scale."""
+    code: float = 0.0
+    """Weight of the direct code term against per-render code targets (:mod:`train.code_targets`); 0 (the
+    paper's terms only, as the shipped regressor was trained) skips fitting the targets. Added because the
+    paper's terms alone taught the regressor no image dependence here; measured (README "Measured"):
+    with ``code = 1`` it did not learn any either in 1,357 steps (the loss stayed at the constant
+    predictor's), so it is not the default."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,9 @@ class RegressorTrainConfig:
     not augmented, so this only saves time (about 20 % of a default step)."""
     max_items: Optional[int] = None
     """Use only the first N training renders."""
+    code_fit: CodeFitConfig = field(default_factory=CodeFitConfig)
+    """How the per-render code targets are fitted (used when ``weights.code > 0``; cached in
+    ``<out>/code_targets.npz``)."""
     ict_path: Optional[str] = None
     """ICT-FaceKit npz or FaceXModel folder (default: :func:`train.ict.default_ict_path`)."""
 
@@ -135,11 +151,14 @@ class RegressorTrainer:
     """Owns the regressor, its optimiser, the frozen encoders and head, and the data of one run."""
 
     def __init__(self, cfg: RegressorTrainConfig, head: HeadLayer, head_codes: dict[str, Tensor],
-                 normal_encoder: GeometryEncoder, point_encoder: GeometryEncoder, data: RegressorSet):
+                 normal_encoder: GeometryEncoder, point_encoder: GeometryEncoder, data: RegressorSet,
+                 targets: Optional[CodeTargets] = None):
         if normal_encoder.cfg.target != "normals" or point_encoder.cfg.target != "points":
             raise InputError("encoders: expected a normals encoder and a points encoder, got "
                              f"{normal_encoder.cfg.target!r} and {point_encoder.cfg.target!r}")
-        self.cfg, self.data = cfg, data
+        if cfg.weights.code > 0 and (targets is None or targets.z_id.shape[0] != len(data)):
+            raise InputError(f"code term (weight {cfg.weights.code}): needs code targets for all {len(data)} renders")
+        self.cfg, self.data, self.targets = cfg, data, targets
         self.head, self.enc_n, self.enc_p = head.eval(), normal_encoder.eval(), point_encoder.eval()
         for m in (self.head, self.enc_n, self.enc_p):
             for p in m.parameters():
@@ -192,20 +211,30 @@ class RegressorTrainer:
         z_id, z_ex = codes.z_id, codes.z_ex  # [B, D_id], [B, D_ex]
         sdf = self.head(batch.near, z_id, z_ex).sdf  # [B, N]
         sdf_3d = (sdf - batch.near_sdf).abs().mean()
-        ren = render_normals(lambda x: self.head(x, z_id, z_ex).sdf, batch.K, batch.R, batch.t, batch.pixels,
-                             frame.BOX_MIN.tolist(), frame.BOX_MAX.tolist(), self.cfg.trace)
-        use = ren.hit & batch.pixel_valid  # [B, P]
-        cos = (ren.normals * batch.normals).sum(-1)  # [B, P]
-        normal_2d = (1.0 - cos)[use].mean() if bool(use.any()) else ren.normals.sum() * 0.0
+        if self.cfg.weights.normal_2d > 0:
+            ren = render_normals(lambda x: self.head(x, z_id, z_ex).sdf, batch.K, batch.R, batch.t, batch.pixels,
+                                 frame.BOX_MIN.tolist(), frame.BOX_MAX.tolist(), self.cfg.trace)
+            use = ren.hit & batch.pixel_valid  # [B, P]
+            cos = (ren.normals * batch.normals).sum(-1)  # [B, P]
+            normal_2d = (1.0 - cos)[use].mean() if bool(use.any()) else ren.normals.sum() * 0.0
+            hit = use.float().sum() / batch.pixel_valid.float().sum().clamp_min(1.0)
+        else:  # not rendered
+            normal_2d, hit = sdf.new_zeros(()), sdf.new_full((), float("nan"))
         reg = (z_id.square().sum(-1) + z_ex.square().sum(-1)).mean()
         prior = code_prior(self.regressor, z_id, z_ex)
-        return {"sdf_3d": sdf_3d, "normal_2d": normal_2d, "reg": reg, "prior": prior,
-                "hit_fraction": use.float().sum() / batch.pixel_valid.float().sum().clamp_min(1.0)}
+        terms = {"sdf_3d": sdf_3d, "normal_2d": normal_2d, "reg": reg, "prior": prior, "hit_fraction": hit}
+        if self.targets is not None and batch.index is not None:
+            r, i = self.regressor, batch.index
+            terms["code"] = (((z_id - self.targets.z_id[i]) / r.id_scale).square().mean(-1)
+                             + ((z_ex - self.targets.z_ex[i]) / r.ex_scale).square().mean(-1)).mean()
+        else:
+            terms["code"] = sdf.new_zeros(())
+        return terms
 
     def weighted(self, terms: dict[str, Tensor]) -> Tensor:
         w = self.cfg.weights
         return (w.sdf_3d * terms["sdf_3d"] + w.normal_2d * terms["normal_2d"] + w.reg * terms["reg"]
-                + w.prior * terms["prior"])
+                + w.prior * terms["prior"] + w.code * terms["code"])
 
     def sample_batch(self) -> RegressorBatch:
         index = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.rng)
@@ -240,7 +269,12 @@ def build_regressor_trainer(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=enc_n.cfg.image_size))
     data = load_regressor_set(cfg.renders_dir, kit, cfg.data, Path(cfg.out_dir) / "sdf_cache", "train",
                               cfg.max_items, progress)
-    return RegressorTrainer(cfg, head, codes, enc_n, enc_p, data)
+    targets = None
+    if cfg.weights.code > 0:
+        tag = hashlib.sha1(Path(cfg.head).read_bytes() + json.dumps(data.files).encode()).hexdigest()[:12]
+        targets = code_targets(head, codes, data.near, data.near_sdf, Path(cfg.out_dir) / "code_targets.npz",
+                               cfg.code_fit, tag, progress)
+    return RegressorTrainer(cfg, head, codes, enc_n, enc_p, data, targets)
 
 
 def train_regressor(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit] = None,
@@ -268,7 +302,8 @@ def train_regressor(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit] = None,
         while trainer.step < cfg.steps:
             last = trainer.train_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{last['total']:.4f}", sdf=f"{last['sdf_3d']:.4f}", cos=f"{last['normal_2d']:.3f}")
+            bar.set_postfix(loss=f"{last['total']:.4f}", sdf=f"{last['sdf_3d']:.4f}", cos=f"{last['normal_2d']:.3f}",
+                            code=f"{last['code']:.3f}")
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
                 atomic_save(trainer.state_dict(), out_dir / STATE_FILE)
     seconds = time.perf_counter() - t0

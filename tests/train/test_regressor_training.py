@@ -12,8 +12,10 @@ from model.regressor import load_regressor
 from model.render import TraceConfig
 from model.vit import build_encoder, encoder_preset, save_encoder
 from tests.model.regressor_fixtures import fitted_tiny_head, one_thread  # noqa: F401 (fixture)
+from train.code_targets import CodeFitConfig
 from train.regressor_data import RegressorDataConfig, load_regressor_set
-from train.regressor_training import RegressorTrainConfig, build_regressor_trainer, train_regressor
+from train.regressor_training import (RegressorLossWeights, RegressorTrainConfig, build_regressor_trainer,
+                                      train_regressor)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +44,8 @@ def _cfg(world, out, **kw) -> RegressorTrainConfig:
     base = dict(renders_dir=str(world / "renders"), head=str(world / "head.pt"),
                 normal_encoder=str(world / "normals.pt"), point_encoder=str(world / "points.pt"), out_dir=str(out),
                 preset="tiny", steps=2, batch_size=2, n_points=64, n_pixels=24, checkpoint_every=1,
-                data=RegressorDataConfig(n_pixels=48, n_near=256), trace=TraceConfig(max_steps=24))
+                data=RegressorDataConfig(n_pixels=48, n_near=256), trace=TraceConfig(max_steps=24),
+                code_fit=CodeFitConfig(steps=20, points_per_step=64))
     base.update(kw)
     return RegressorTrainConfig(**base)
 
@@ -169,3 +172,35 @@ def test_code_prior_is_about_one_in_distribution_and_grows_outside(world, kit, t
     assert far > 100 * inside  # 20 standard deviations out, as the first shipped regressor drifted
     terms = trainer.losses(trainer.sample_batch())
     assert "prior" in terms and float(terms["prior"]) < 4.0  # the untrained regressor predicts about the mean
+
+
+def test_code_term_pulls_the_prediction_to_each_renders_targets(world, kit, tmp_path):
+    trainer = build_regressor_trainer(_cfg(world, tmp_path, lr=3e-3, weights=RegressorLossWeights(code=1.0)), kit,
+                                      progress=False)
+    targets = trainer.targets
+    assert targets is not None and targets.z_id.shape[0] == len(trainer.data) == 4
+    assert (tmp_path / "code_targets.npz").is_file()
+    # the fitted targets explain each render's SDF samples better than the mean head does
+    with torch.no_grad():
+        fitted = (trainer.head(trainer.data.near, targets.z_id, targets.z_ex).sdf - trainer.data.near_sdf).abs()
+        mean = trainer.head(trainer.data.near, trainer.regressor.id_mean.expand(4, -1),
+                            trainer.regressor.ex_mean.expand(4, -1)).sdf
+    assert float(fitted.mean()) < float((mean - trainer.data.near_sdf).abs().mean())
+    batch = trainer.sample_batch()
+    with torch.no_grad():
+        before = float(trainer.losses(batch)["code"])
+    assert before > 0
+    for _ in range(3):
+        trainer.train_step(batch)
+    with torch.no_grad():
+        assert float(trainer.losses(batch)["code"]) < before
+
+
+def test_without_code_and_normal_terms_no_targets_and_no_rendering(world, kit, tmp_path):
+    cfg = _cfg(world, tmp_path, weights=RegressorLossWeights(code=0.0, normal_2d=0.0))
+    trainer = build_regressor_trainer(cfg, kit, progress=False)
+    assert trainer.targets is None and not (tmp_path / "code_targets.npz").exists()
+    terms = trainer.losses(trainer.sample_batch())
+    assert float(terms["code"]) == 0.0 and float(terms["normal_2d"]) == 0.0
+    assert np.isnan(float(terms["hit_fraction"]))  # nothing rendered
+    assert float(terms["sdf_3d"]) > 0

@@ -1,0 +1,169 @@
+"""Per-render code targets for the regressor: the head model's codes of each training render's ground truth.
+
+Pix2NPHM supervises its regressor through the SDF only (supervising codes "did not converge" for the
+authors, whose targets were codes registered to scans). Trained that way on this project's CPU budget,
+the regressor learned no image dependence at all (the same code for every image; README "Measured").
+A direct code term gives it a signal per image, so here every training render gets target codes:
+``(z_id, z_ex)`` fitted with the frozen head model to the render's ground-truth near-surface SDF samples
+(:mod:`train.regressor_data`, the same points the 3D loss uses), by Adam on
+
+    mean_x |SDF(x; z_id, z_ex) - sdf_gt(x)|  +  prior * mean(((z - mean) / std)^2)
+
+(the prior whitened by the head model's training codes, as :func:`train.regressor_training.code_prior`),
+starting from the mean identity code and the mean neutral expression code, many renders at once (each
+with its own codes; the network is shared and frozen). This is Pix2NPHM's registration (its Eq. 11, also
+:mod:`train.registration`) against the SDF samples instead of surface points.
+
+The result is cached in one npz per (renders, head, settings) with a ``done`` mask, written after each
+chunk of renders, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from model.errors import InputError
+from model.head import HeadLayer
+
+
+@dataclass(frozen=True)
+class CodeFitConfig:
+    """How the codes of each render are fitted (module docstring)."""
+
+    steps: int = 150
+    """Adam steps per chunk of renders."""
+    lr: float = 1e-2
+    """Adam learning rate; divided by 5 after 60 % of the steps."""
+    points_per_step: int = 256
+    """Near-surface points drawn per render and step (of the cached pool)."""
+    chunk: int = 50
+    """Renders fitted together (one batched head evaluation per step)."""
+    prior: float = 1e-4
+    """Weight of the whitened code prior (keeps the codes in the training distribution)."""
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass
+class CodeTargets:
+    """Fitted codes of ``M`` renders (index ``i`` = render ``i`` of the regressor set)."""
+
+    z_id: Tensor  # [M, D_id]
+    z_ex: Tensor  # [M, D_ex]
+    sdf_l1: Tensor  # [M] mean |SDF - sdf_gt| at the end, model units (on a fixed subset of the pool)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CodeStatistics:
+    """Mean and std per dimension of the head model's training codes (the whitening of the prior)."""
+
+    id_mean: Tensor  # [D_id]
+    id_std: Tensor  # [D_id]
+    ex_mean: Tensor  # [D_ex]
+    ex_std: Tensor  # [D_ex]
+    ex_start: Tensor  # [D_ex] mean neutral expression code (or the mean code), the start of every fit
+
+    @classmethod
+    def of(cls, codes: dict[str, Tensor], min_std: float = 1e-3) -> "CodeStatistics":
+        """From a head checkpoint's code tables (``z_id [N, D_id]``, ``z_ex [M, D_ex]``, ``is_neutral [M]``)."""
+        if "z_id" not in codes or "z_ex" not in codes:
+            raise InputError("head checkpoint: holds no code tables (z_id, z_ex); is it a head model trained here?")
+        z_id, z_ex = codes["z_id"].float(), codes["z_ex"].float()
+        neutral = codes.get("is_neutral")
+        start = z_ex[neutral.bool()].mean(0) if neutral is not None and bool(neutral.any()) else z_ex.mean(0)
+        return cls(z_id.mean(0), z_id.std(0, unbiased=False).clamp_min(min_std),
+                   z_ex.mean(0), z_ex.std(0, unbiased=False).clamp_min(min_std), start)
+
+    def whitened_square(self, z_id: Tensor, z_ex: Tensor) -> Tensor:
+        """``[B]`` mean squared whitened identity code plus the same for the expression code."""
+        return (((z_id - self.id_mean) / self.id_std).square().mean(-1)
+                + ((z_ex - self.ex_mean) / self.ex_std).square().mean(-1))
+
+
+def fit_codes(layer: HeadLayer, near: Tensor, near_sdf: Tensor, stats: CodeStatistics, cfg: CodeFitConfig,
+              generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit codes to ``B`` ground truths given as SDF samples ``near [B, N, 3]``, ``near_sdf [B, N]``.
+
+    The network is frozen (its ``requires_grad`` flags are restored afterwards). Returns ``z_id [B, D_id]``,
+    ``z_ex [B, D_ex]`` and the final mean absolute SDF error ``[B]`` (model units) on the first
+    ``min(N, 1024)`` samples.
+    """
+    if near.ndim != 3 or near.shape[-1] != 3 or near_sdf.shape != near.shape[:2]:
+        raise InputError(f"near / near_sdf: expected [B, N, 3] and [B, N], got {tuple(near.shape)} and "
+                         f"{tuple(near_sdf.shape)}")
+    B, N = near.shape[:2]
+    g = generator or torch.Generator().manual_seed(cfg.seed)
+    z_id = stats.id_mean.expand(B, -1).clone().requires_grad_(True)
+    z_ex = stats.ex_start.expand(B, -1).clone().requires_grad_(True)
+    opt = torch.optim.Adam([z_id, z_ex], lr=cfg.lr)
+    frozen = [(p, p.requires_grad) for p in layer.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    rows = torch.arange(B)[:, None]
+    try:
+        for step in range(cfg.steps):
+            idx = torch.randint(0, N, (B, min(cfg.points_per_step, N)), generator=g)  # [B, P]
+            sdf = layer(near[rows, idx], z_id, z_ex).sdf  # [B, P]
+            err = (sdf - near_sdf[rows, idx]).abs().mean(-1)  # [B]
+            loss = (err + cfg.prior * stats.whitened_square(z_id, z_ex)).sum()  # sum: each render its own
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step == int(0.6 * cfg.steps):
+                for group in opt.param_groups:
+                    group["lr"] *= 0.2
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    with torch.no_grad():
+        m = min(N, 1024)
+        final = (layer(near[:, :m], z_id, z_ex).sdf - near_sdf[:, :m]).abs().mean(-1)
+    return z_id.detach(), z_ex.detach(), final
+
+
+def code_targets(layer: HeadLayer, codes: dict[str, Tensor], near: Tensor, near_sdf: Tensor, cache: Path,
+                 cfg: CodeFitConfig = CodeFitConfig(), tag: str = "", progress: bool = True) -> CodeTargets:
+    """Codes of every render (``near [M, N, 3]``, ``near_sdf [M, N]``), fitted chunk by chunk (module
+    docstring) and cached in ``cache`` (an npz; resumed when it exists for the same ``cfg`` and ``tag``,
+    e.g. the head checkpoint's and the renders' identity)."""
+    stats = CodeStatistics.of(codes)
+    M = near.shape[0]
+    spec = json.dumps({"cfg": asdict(cfg), "tag": tag, "M": M})
+    z_id = torch.zeros(M, stats.id_mean.shape[0])
+    z_ex = torch.zeros(M, stats.ex_mean.shape[0])
+    err = torch.zeros(M)
+    done = np.zeros(M, bool)
+    seconds = 0.0
+    if cache.is_file():
+        with np.load(cache) as c:
+            if str(c["spec"]) == spec:
+                z_id, z_ex = torch.from_numpy(c["z_id"]), torch.from_numpy(c["z_ex"])
+                err, done, seconds = torch.from_numpy(c["sdf_l1"]), c["done"].copy(), float(c["seconds"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    starts = [s for s in range(0, M, cfg.chunk) if not done[s:s + cfg.chunk].all()]
+    for s in tqdm(starts, desc="code targets", unit="chunk", disable=not progress):
+        t0 = time.perf_counter()
+        e = min(M, s + cfg.chunk)
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + s)
+        zi, ze, fe = fit_codes(layer, near[s:e], near_sdf[s:e], stats, cfg, g)
+        z_id[s:e], z_ex[s:e], err[s:e] = zi, ze, fe
+        done[s:e] = True
+        seconds += time.perf_counter() - t0
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, z_id=z_id.numpy(), z_ex=z_ex.numpy(), sdf_l1=err.numpy(), done=done, spec=spec,
+                 seconds=seconds)
+        tmp.replace(cache)
+    return CodeTargets(z_id=z_id, z_ex=z_ex, sdf_l1=err, seconds=seconds)
