@@ -9,7 +9,7 @@ A direct code term gives it a signal per image, so here every training render ge
 
     mean_x |SDF(x; z_id, z_ex) - sdf_gt(x)|  +  prior * mean(((z - mean) / std)^2)
 
-(the prior whitened by the head model's training codes, as :func:`train.regressor_training.code_prior`),
+(the prior whitened by the head model's training codes, :class:`model.codes.CodeStatistics`),
 starting from the mean identity code and the mean neutral expression code, many renders at once (each
 with its own codes; the network is shared and frozen). This is Pix2NPHM's registration (its Eq. 11, also
 :mod:`train.registration`) against the SDF samples instead of surface points.
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from model.codes import CodeStatistics
 from model.errors import InputError
 from model.head import HeadLayer
 
@@ -64,33 +65,6 @@ class CodeTargets:
     z_ex: Tensor  # [M, D_ex]
     sdf_l1: Tensor  # [M] mean |SDF - sdf_gt| at the end, model units (on a fixed subset of the pool)
     seconds: float
-
-
-@dataclass(frozen=True)
-class CodeStatistics:
-    """Mean and std per dimension of the head model's training codes (the whitening of the prior)."""
-
-    id_mean: Tensor  # [D_id]
-    id_std: Tensor  # [D_id]
-    ex_mean: Tensor  # [D_ex]
-    ex_std: Tensor  # [D_ex]
-    ex_start: Tensor  # [D_ex] mean neutral expression code (or the mean code), the start of every fit
-
-    @classmethod
-    def of(cls, codes: dict[str, Tensor], min_std: float = 1e-3) -> "CodeStatistics":
-        """From a head checkpoint's code tables (``z_id [N, D_id]``, ``z_ex [M, D_ex]``, ``is_neutral [M]``)."""
-        if "z_id" not in codes or "z_ex" not in codes:
-            raise InputError("head checkpoint: holds no code tables (z_id, z_ex); is it a head model trained here?")
-        z_id, z_ex = codes["z_id"].float(), codes["z_ex"].float()
-        neutral = codes.get("is_neutral")
-        start = z_ex[neutral.bool()].mean(0) if neutral is not None and bool(neutral.any()) else z_ex.mean(0)
-        return cls(z_id.mean(0), z_id.std(0, unbiased=False).clamp_min(min_std),
-                   z_ex.mean(0), z_ex.std(0, unbiased=False).clamp_min(min_std), start)
-
-    def whitened_square(self, z_id: Tensor, z_ex: Tensor) -> Tensor:
-        """``[B]`` mean squared whitened identity code plus the same for the expression code."""
-        return (((z_id - self.id_mean) / self.id_std).square().mean(-1)
-                + ((z_ex - self.ex_mean) / self.ex_std).square().mean(-1))
 
 
 def fit_codes(layer: HeadLayer, near: Tensor, near_sdf: Tensor, stats: CodeStatistics, cfg: CodeFitConfig,

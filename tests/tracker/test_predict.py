@@ -61,6 +61,31 @@ def test_predict_shapes_and_mask_probability(models):
     assert pred.targets(1, np.eye(3)).normals.shape == (S, S, 3)
 
 
+def test_predict_keeps_codes_within_the_training_codes_radius(models):
+    from model.codes import whitened_radius
+
+    crops = np.random.default_rng(1).integers(0, 255, (2, 40, 40, 3), dtype=np.uint8)
+    stats = models.code_statistics
+    reg = models.regressor
+    saved = reg.id_mean.clone()
+    try:  # a regressor whose outputs drifted far out, as the first shipped one did
+        reg.id_mean.add_(30 * stats.id_std)
+        raw = predict(models, crops, plausible=False)
+        out = predict(models, crops)
+    finally:
+        reg.id_mean.copy_(saved)
+    assert (whitened_radius(raw.z_id, stats.id_mean, stats.id_std) > 20).all()
+    r = whitened_radius(out.z_id, stats.id_mean, stats.id_std)
+    assert torch.allclose(r, torch.full_like(r, stats.id_max_radius), rtol=1e-4)
+    # expression codes inside the radius are untouched
+    inside = whitened_radius(raw.z_ex, stats.ex_mean, stats.ex_std) <= stats.ex_max_radius
+    assert torch.allclose(out.z_ex[inside], raw.z_ex[inside])
+    # a head without code tables: nothing to project onto
+    bare = Models(models.layer, {}, models.head_meta, models.normal_encoder, models.point_encoder, reg)
+    assert bare.code_statistics is None
+    assert torch.allclose(predict(bare, crops).z_id, predict(bare, crops, plausible=False).z_id)
+
+
 def test_fit_image_without_and_with_tto(models):
     crop = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
     pred = predict(models, crop)

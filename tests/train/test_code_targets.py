@@ -5,7 +5,8 @@ import torch
 from model.errors import InputError
 from tests.model.regressor_fixtures import RADIUS, fitted_tiny_head, one_thread  # noqa: F401 (fixture)
 from train import code_targets as ct
-from train.code_targets import CodeFitConfig, CodeStatistics, code_targets, fit_codes
+from model.codes import CodeStatistics
+from train.code_targets import CodeFitConfig, code_targets, fit_codes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
