@@ -66,8 +66,9 @@ class Baker:
         resolution: marching-cubes resolution (grid points per box side).
         max_iter: most inversion iterations per frame (warm-started, 20 is plenty at video frame rates).
 
-    :meth:`vertices` is stateful: each call starts from the previous call's solution, so call it in frame
-    order (or :meth:`reset` after a jump). Vertices are in model units (1 unit = 0.25 m), head frame.
+    :meth:`vertices` is stateful: each call starts from the previous call's solution and its inverse
+    Jacobians (Broyden), so call it in frame order (or :meth:`reset` after a jump). Vertices are in model
+    units (1 unit = 0.25 m), head frame.
     """
 
     def __init__(self, layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
@@ -83,6 +84,7 @@ class Baker:
             self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
                                                   resolution)
         self._x_prev: Tensor | None = None  # [1, V, 3] last solution (warm start)
+        self._inv_prev: Tensor | None = None  # [1, V, 3, 3] its inverse Jacobians (Broyden warm start)
         self.frames = 0  # frames baked
         self.unconverged = 0  # vertex-frames that did not reach the inversion tolerance
 
@@ -99,6 +101,7 @@ class Baker:
     def reset(self) -> None:
         """Forget the warm start (the next frame starts from the neutral vertices)."""
         self._x_prev = None
+        self._inv_prev = None
 
     def vertices(self, z_ex: Tensor) -> np.ndarray:
         """Posed vertices ``[V, 3]`` float32 (model units) for one expression code ``z_ex [1, D_ex]``."""
@@ -106,8 +109,8 @@ class Baker:
             raise InputError(f"z_ex must be [1, D_ex], got {list(z_ex.shape)}")
         with torch.no_grad():
             res = self.topology.posed_vertices(self.layer, self.z_id, z_ex.detach().float(), x_init=self._x_prev,
-                                               max_iter=self.max_iter)
-        self._x_prev = res.x  # [1, V, 3]
+                                               max_iter=self.max_iter, inv_jacobian_init=self._inv_prev)
+        self._x_prev, self._inv_prev = res.x, res.inv_jacobian  # [1, V, 3], [1, V, 3, 3]
         self.frames += 1
         self.unconverged += int((~res.converged).sum())
         return res.x[0].cpu().numpy().astype(np.float32)
