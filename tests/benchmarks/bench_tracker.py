@@ -17,6 +17,9 @@ Metrics (head frame, model space; mm):
   ground-truth landmarks); each frame's 3D landmarks are those canonical points carried by the frame's
   deformation (inverted), so jitter measures the codes, not a per-frame alignment. The ground truth's own
   jitter (its true motion) is printed beside it;
+- head pose (tracker and cold TTO): mean rotation error against the ground truth's model-to-camera rotation
+  (degrees) and the ratio of the estimated to the true camera distance. The tracker assumes the default focal
+  length (1.3 x the frame's longer side), so even a perfect tracker has the ratio ``focal_assumed_over_true``;
 - speed: the tracker's frames per second end to end and seconds per stage.
 
 Prints one JSON line. Example (the numbers in the README)::
@@ -73,6 +76,24 @@ def jitter_mm(track: np.ndarray) -> float:
     return float(np.linalg.norm(track[2:] - 2 * track[1:-1] + track[:-2], axis=-1).mean() * MM_PER_UNIT)
 
 
+def pose_errors(poses: list, R_gt: np.ndarray, t_gt: np.ndarray) -> dict:
+    """Head pose against the ground truth's model-to-camera ``R [T, 3, 3]``, ``t [T, 3]``: mean rotation
+    error (degrees) and mean ratio of the estimated to the true distance (1 = right; with an assumed focal
+    length the expected ratio is ``focal_assumed_over_true``), over the frames with a pose."""
+    from tracker.tto import axis_angle_to_matrix
+
+    rot, ratio = [], []
+    for i, p in enumerate(poses):
+        if p is None:
+            continue
+        p = torch.as_tensor(p).double().reshape(-1)
+        R = axis_angle_to_matrix(p[:3]).numpy()
+        rot.append(np.degrees(np.arccos(np.clip((np.trace(R.T @ R_gt[i]) - 1.0) / 2.0, -1.0, 1.0))))
+        ratio.append(float(np.linalg.norm(p[3:].numpy()) / np.linalg.norm(t_gt[i])))
+    return {"rotation_error_deg": float(np.mean(rot)) if rot else float("nan"),
+            "distance_ratio": float(np.mean(ratio)) if ratio else float("nan")}
+
+
 def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
     gt = np.load(video.with_suffix("").with_suffix(".gt.npz"))
     n = min(args.frames, len(gt["w_ex"]))
@@ -85,12 +106,14 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
     stream = open_video(video)
     K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
     ff, cold, ff_seconds, cold_seconds = [], [], 0.0, 0.0
+    cold_poses: list = []
     for i, crop in enumerate(crop_frames(stream, CropConfig().setup(), str(video))):
         if i >= n:
             break
         if crop.image is None:
             ff.append(None)
             cold.append(None)
+            cold_poses.append(None)
             continue
         pred = predict(models, crop.image)
         ff_seconds += pred.seconds
@@ -99,6 +122,7 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
                         steps=args.cold_steps, mesh_resolution=48, prediction=pred)
         cold_seconds += fit.seconds_tto
         cold.append((fit.z_id, fit.z_ex))
+        cold_poses.append(fit.pose)
     stream.close()
     rows = {"feed-forward": ff, "cold-tto": cold,
             "tracker": [(z_id_track, torch.from_numpy(track.z_ex[i])[None]) if track.status[i] != "gap" else None
@@ -118,6 +142,9 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
            "tracked": res.tracked, "held": res.held, "gaps": res.gaps,
            "feed_forward_seconds_per_frame": ff_seconds / max(1, n), "cold_tto_seconds_per_frame": cold_seconds / max(1, n),
            "jitter_gt_mm": jitter_mm(gt_lm), "methods": {}}
+    poses = {"cold-tto": cold_poses,
+             "tracker": [torch.from_numpy(track.pose[i]) if track.status[i] != "gap" else None for i in range(n)]}
+    out["focal_assumed_over_true"] = float(K_frame[0, 0] / gt["K"][0, 0])
     for name, codes in rows.items():
         valid = [c is not None for c in codes]
         lms = np.stack([posed_landmarks(models, canonical, *c) if c is not None else np.full((68, 3), np.nan)
@@ -138,6 +165,9 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
             "jitter_mm": jitter_mm(lms_aligned[ok]),
             "landmark_error_mm": float(np.linalg.norm(lms_aligned[ok] - gt_lm[ok], axis=-1).mean() * MM_PER_UNIT),
         }
+        if name in poses:
+            out["methods"][name].update(pose_errors(poses[name], gt["model_to_camera_R"][:n],
+                                                    gt["model_to_camera_t"][:n]))
     return out
 
 
@@ -162,12 +192,14 @@ def main() -> None:
     per_video = [evaluate_video(v, models, kit, topo, args) for v in videos]
     summary = {}
     for name in ("feed-forward", "cold-tto", "tracker"):
+        keys = ("posed_chamfer_l1_mm", "jitter_mm", "landmark_error_mm", "rotation_error_deg", "distance_ratio")
         summary[name] = {k: round(float(np.nanmean([v["methods"][name][k] for v in per_video])), 4)
-                         for k in ("posed_chamfer_l1_mm", "jitter_mm", "landmark_error_mm")}
+                         for k in keys if k in per_video[0]["methods"][name]}
     print(json.dumps({
         "bench": "tracker", "videos": len(per_video), "threads": torch.get_num_threads(),
         "summary": summary,
         "jitter_gt_mm": round(float(np.mean([v["jitter_gt_mm"] for v in per_video])), 4),
+        "focal_assumed_over_true": round(float(np.mean([v["focal_assumed_over_true"] for v in per_video])), 3),
         "tracker_fps": round(float(np.mean([v["tracker_fps"] for v in per_video])), 3),
         "feed_forward_seconds_per_frame": round(float(np.mean([v["feed_forward_seconds_per_frame"] for v in per_video])), 3),
         "cold_tto_seconds_per_frame": round(float(np.mean([v["cold_tto_seconds_per_frame"] for v in per_video])), 3),

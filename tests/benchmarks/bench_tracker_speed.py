@@ -14,6 +14,7 @@ Prints one JSON line::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -60,7 +61,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--preview", action="store_true", help="also write the preview video")
+    ap.add_argument("--resolution", type=int, default=None,
+                    help="export marching-cubes resolution [default: TrackConfig's]")
     args = ap.parse_args()
+    cfg = TrackConfig(device=args.device)
+    if args.resolution:
+        cfg = dataclasses.replace(cfg, export_resolution=args.resolution)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +83,7 @@ def main() -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        res = track_video(clip, Path(tmp) / "anim.usd", TrackConfig(device=args.device), models=models,
+        res = track_video(clip, Path(tmp) / "anim.usd", cfg, models=models,
                           preview=Path(tmp) / "preview.mp4" if args.preview else None, progress=False)
         done.set()
         sampler.join()
@@ -87,6 +93,8 @@ def main() -> None:
         print(json.dumps({
             "bench": "tracker_speed", "frames": res.frames, "device": args.device,
             "threads": torch.get_num_threads(), "preview": args.preview,
+            "export_resolution": cfg.export_resolution,
+            "vertices": res.export.n_vertices,
             "fps_end_to_end": round(res.fps, 3), "seconds": round(res.seconds, 1),
             "seconds_per_frame_by_stage": {k: round(v / res.frames, 4) for k, v in res.stage_seconds.items()},
             "tracked": res.tracked, "held": res.held, "gaps": res.gaps,
