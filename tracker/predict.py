@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -57,6 +57,7 @@ class Models:
     point_encoder: GeometryEncoder
     regressor: Regressor
     head_path: str = "default"
+    _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         rc = self.regressor.cfg
@@ -91,6 +92,7 @@ class Models:
             for p in module.parameters():
                 p.requires_grad_(False)
         self.codes = {k: v.to(device) for k, v in self.codes.items()}
+        self._code_stats = None  # recomputed on the new device when asked for
         return self
 
     @property
@@ -113,9 +115,12 @@ class Models:
 
     @property
     def code_statistics(self) -> Optional[CodeStatistics]:
-        """Statistics of the head's training codes (:mod:`model.codes`), ``None`` without code tables."""
-        stats = CodeStatistics.maybe(self.codes)
-        return stats.to(self.device) if stats is not None else None
+        """Statistics of the head's training codes (:mod:`model.codes`), ``None`` without code tables
+        (computed once per device)."""
+        if self._code_stats is None:
+            stats = CodeStatistics.maybe(self.codes)
+            self._code_stats = stats.to(self.device) if stats is not None else None
+        return self._code_stats
 
 
 # --- images and cameras ----------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from model.vit import GeometryEncoder, load_encoder
 from train import frame
 from train.code_targets import CodeFitConfig, CodeTargets, code_targets
 from train.ict import IctFaceKit, default_ict_path, load_ict
+from train.metrics import MM_PER_UNIT
 from train.regressor_data import RegressorBatch, RegressorDataConfig, RegressorSet, load_regressor_set
 
 STATE_FILE = "train_state.pt"
@@ -274,6 +275,10 @@ def build_regressor_trainer(cfg: RegressorTrainConfig, kit: Optional[IctFaceKit]
         tag = hashlib.sha1(Path(cfg.head).read_bytes() + json.dumps(data.files).encode()).hexdigest()[:12]
         targets = code_targets(head, codes, data.near, data.near_sdf, Path(cfg.out_dir) / "code_targets.npz",
                                cfg.code_fit, tag, progress)
+        if progress:
+            tqdm.write(f"code targets: {len(data)} renders, mean |SDF - ground truth| "
+                       f"{float(targets.sdf_l1.mean()) * MM_PER_UNIT:.2f} mm, "
+                       f"{targets.seconds:.0f} s of fitting")
     return RegressorTrainer(cfg, head, codes, enc_n, enc_p, data, targets)
 
 
