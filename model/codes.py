@@ -20,9 +20,15 @@ from torch import Tensor
 from model.errors import InputError
 
 
+def whitened_mean_square(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``[...]`` mean square of ``(z - mean) / std`` over the last axis of codes ``z [..., D]`` (smooth at
+    ``mean``, unlike its square root)."""
+    return ((z - mean) / std).square().mean(-1)
+
+
 def whitened_radius(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``[...]`` root mean square of ``(z - mean) / std`` over the last axis of codes ``z [..., D]``."""
-    return ((z - mean) / std).square().mean(-1).sqrt()
+    return whitened_mean_square(z, mean, std).sqrt()
 
 
 def shrink_to_radius(z: Tensor, mean: Tensor, std: Tensor, max_radius: float) -> Tensor:
@@ -78,8 +84,8 @@ class CodeStatistics:
 
     def whitened_square(self, z_id: Tensor, z_ex: Tensor) -> Tensor:
         """``[B]`` mean squared whitened identity code plus the same for the expression code."""
-        return (((z_id - self.id_mean) / self.id_std).square().mean(-1)
-                + ((z_ex - self.ex_mean) / self.ex_std).square().mean(-1))  # no sqrt: smooth at the mean
+        return whitened_mean_square(z_id, self.id_mean, self.id_std) + whitened_mean_square(z_ex, self.ex_mean,
+                                                                                             self.ex_std)
 
     def project(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """Codes ``[..., D_id]``, ``[..., D_ex]`` shrunk onto the training codes' largest radii (module

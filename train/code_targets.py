@@ -35,6 +35,7 @@ from tqdm import tqdm
 from model.codes import CodeStatistics
 from model.errors import InputError
 from model.head import HeadLayer
+from train.registration import frozen_parameters
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,8 @@ def fit_codes(layer: HeadLayer, near: Tensor, near_sdf: Tensor, stats: CodeStati
     z_id = stats.id_mean.expand(B, -1).clone().requires_grad_(True)
     z_ex = stats.ex_start.expand(B, -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([z_id, z_ex], lr=cfg.lr)
-    frozen = [(p, p.requires_grad) for p in layer.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
     rows = torch.arange(B)[:, None]
-    try:
+    with frozen_parameters(layer):
         for step in range(cfg.steps):
             idx = torch.randint(0, N, (B, min(cfg.points_per_step, N)), generator=g)  # [B, P]
             sdf = layer(near[rows, idx], z_id, z_ex).sdf  # [B, P]
@@ -99,9 +97,6 @@ def fit_codes(layer: HeadLayer, near: Tensor, near_sdf: Tensor, stats: CodeStati
             if step == int(0.6 * cfg.steps):
                 for group in opt.param_groups:
                     group["lr"] *= 0.2
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     with torch.no_grad():
         m = min(N, 1024)
         final = (layer(near[:, :m], z_id, z_ex).sdf - near_sdf[:, :m]).abs().mean(-1)

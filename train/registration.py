@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,6 +59,20 @@ class Registration:
     seconds: float
 
 
+@contextmanager
+def frozen_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block no parameter of ``module`` requires grad (codes fitted against a frozen network
+    compute no parameter gradients); the caller's ``requires_grad`` flags are restored afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfig, z_id_init: Tensor,
                     z_ex_init: Tensor | None = None) -> Registration:
     """Fit ``(z_id, z_ex)`` to points ``[N, 3]`` on a surface (model units) with the network frozen."""
@@ -68,12 +84,9 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
             else z_ex_init.detach().clone().reshape(1, -1)).requires_grad_(True)
     params = [z_ex] + ([z_id] if cfg.fit_identity else [])
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    frozen = [(p, p.requires_grad) for p in layer.parameters()]  # the caller's flags, restored below
-    for p, _ in frozen:
-        p.requires_grad_(False)
     t0 = time.perf_counter()
     n = surface_points.shape[0]
-    try:
+    with frozen_parameters(layer):
         for step in range(cfg.steps):
             idx = torch.randint(0, n, (min(cfg.points_per_step, n),), generator=g)
             sdf = layer(surface_points[idx][None], z_id, z_ex).sdf
@@ -84,9 +97,6 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
             if step == cfg.steps // 2:
                 for group in opt.param_groups:
                     group["lr"] *= 0.2
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     with torch.no_grad():
         final = float(layer(surface_points[None, : min(n, 16384)], z_id, z_ex).sdf.abs().mean())
     return Registration(z_id=z_id.detach()[0], z_ex=z_ex.detach()[0], final_sdf_l1=final,

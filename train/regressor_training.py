@@ -50,6 +50,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from model.checkpoint import atomic_save, load_checkpoint
+from model.codes import whitened_mean_square
 from model.errors import InputError
 from model.head import HeadLayer
 from model.regressor import Regressor, RegressorOutput, regressor_preset, save_regressor
@@ -136,8 +137,14 @@ class RegressorTrainConfig:
 def code_prior(regressor: Regressor, z_id: Tensor, z_ex: Tensor) -> Tensor:
     """Mean over the batch of the mean squared code ``[B, D]`` whitened by the regressor's code statistics
     (the head model's training codes): about 1 for codes like the training codes."""
-    return (((z_id - regressor.id_mean) / regressor.id_scale).square().mean(-1)
-            + ((z_ex - regressor.ex_mean) / regressor.ex_scale).square().mean(-1)).mean()
+    return code_distance(regressor, z_id, z_ex, regressor.id_mean, regressor.ex_mean)
+
+
+def code_distance(regressor: Regressor, z_id: Tensor, z_ex: Tensor, ref_id: Tensor, ref_ex: Tensor) -> Tensor:
+    """Mean over the batch of the mean squared difference of codes ``[B, D]`` from ``ref_*`` (``[D]`` or
+    ``[B, D]``), whitened by the regressor's code statistics, identity plus expression."""
+    return (whitened_mean_square(z_id, ref_id, regressor.id_scale)
+            + whitened_mean_square(z_ex, ref_ex, regressor.ex_scale)).mean()
 
 
 @dataclass
@@ -225,9 +232,8 @@ class RegressorTrainer:
         prior = code_prior(self.regressor, z_id, z_ex)
         terms = {"sdf_3d": sdf_3d, "normal_2d": normal_2d, "reg": reg, "prior": prior, "hit_fraction": hit}
         if self.targets is not None and batch.index is not None:
-            r, i = self.regressor, batch.index
-            terms["code"] = (((z_id - self.targets.z_id[i]) / r.id_scale).square().mean(-1)
-                             + ((z_ex - self.targets.z_ex[i]) / r.ex_scale).square().mean(-1)).mean()
+            i = batch.index
+            terms["code"] = code_distance(self.regressor, z_id, z_ex, self.targets.z_id[i], self.targets.z_ex[i])
         else:
             terms["code"] = sdf.new_zeros(())
         return terms

@@ -26,15 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from train.renders_data import load_sample, read_manifest  # noqa: E402
 from tracker.predict import Models, predict  # noqa: E402
-from tracker.tto import TTOTargets, axis_angle_to_matrix, init_pose_from_point_map  # noqa: E402
-
-
-def pose_error(pose: torch.Tensor, sample: dict) -> tuple[float, float]:
-    """Rotation error (degrees) and distance ratio of a pose ``[6]`` against the render's camera."""
-    R = axis_angle_to_matrix(pose[:3].double()).numpy()
-    cos = (np.trace(R.T @ sample["model_to_camera_R"]) - 1.0) / 2.0
-    ratio = float(np.linalg.norm(pose[3:].double().numpy()) / np.linalg.norm(sample["model_to_camera_t"]))
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))), ratio
+from bench_tracker import pose_error  # noqa: E402
+from tracker.tto import TTOTargets, init_pose_from_point_map  # noqa: E402
 
 
 def main() -> None:
@@ -54,9 +47,10 @@ def main() -> None:
         truth = TTOTargets(normals=torch.from_numpy(s["normals"].astype(np.float32)),
                            point_map=torch.from_numpy(s["canonical"].astype(np.float32)),
                            mask=torch.from_numpy(s["mask"]), K=K)
-        gt_err.append(pose_error(init_pose_from_point_map(truth), s))
+        camera = (s["model_to_camera_R"], s["model_to_camera_t"])
+        gt_err.append(pose_error(init_pose_from_point_map(truth), *camera))
         pred = predict(models, s["rgb"])
-        pred_err.append(pose_error(init_pose_from_point_map(pred.targets(0, s["K"])), s))
+        pred_err.append(pose_error(init_pose_from_point_map(pred.targets(0, s["K"])), *camera))
         both = s["face_mask"] & (pred.mask[0].numpy() > 0.5)
         if both.sum() >= 10:
             P, G = pred.point_map[0].numpy()[both], s["canonical"].astype(np.float32)[both]

@@ -56,6 +56,7 @@ from tracker.crop import CropConfig, crop_frames  # noqa: E402
 from tracker.decode import open_video  # noqa: E402
 from tracker.pipeline import TrackConfig, crop_intrinsics, frame_intrinsics, track_video  # noqa: E402
 from tracker.predict import Models, fit_image, predict  # noqa: E402
+from tracker.tto import axis_angle_to_matrix  # noqa: E402
 
 
 def posed_landmarks(models: Models, canonical: torch.Tensor, z_id: torch.Tensor, z_ex: torch.Tensor) -> np.ndarray:
@@ -76,20 +77,22 @@ def jitter_mm(track: np.ndarray) -> float:
     return float(np.linalg.norm(track[2:] - 2 * track[1:-1] + track[:-2], axis=-1).mean() * MM_PER_UNIT)
 
 
-def pose_errors(poses: list, R_gt: np.ndarray, t_gt: np.ndarray) -> dict:
-    """Head pose against the ground truth's model-to-camera ``R [T, 3, 3]``, ``t [T, 3]``: mean rotation
-    error (degrees) and mean ratio of the estimated to the true distance (1 = right; with an assumed focal
-    length the expected ratio is ``focal_assumed_over_true``), over the frames with a pose."""
-    from tracker.tto import axis_angle_to_matrix
+def pose_error(pose, R_gt: np.ndarray, t_gt: np.ndarray) -> tuple[float, float]:
+    """Rotation error (degrees) and ratio of the estimated to the true camera distance of a model-to-camera
+    pose ``[6]`` (rotation vector, translation) against the ground truth's ``R [3, 3]``, ``t [3]``."""
+    p = torch.as_tensor(pose).double().reshape(-1)
+    R = axis_angle_to_matrix(p[:3]).numpy()
+    cos = (np.trace(R.T @ R_gt) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))), float(np.linalg.norm(p[3:].numpy())
+                                                                       / np.linalg.norm(t_gt))
 
-    rot, ratio = [], []
-    for i, p in enumerate(poses):
-        if p is None:
-            continue
-        p = torch.as_tensor(p).double().reshape(-1)
-        R = axis_angle_to_matrix(p[:3]).numpy()
-        rot.append(np.degrees(np.arccos(np.clip((np.trace(R.T @ R_gt[i]) - 1.0) / 2.0, -1.0, 1.0))))
-        ratio.append(float(np.linalg.norm(p[3:].numpy()) / np.linalg.norm(t_gt[i])))
+
+def pose_errors(poses: list, R_gt: np.ndarray, t_gt: np.ndarray) -> dict:
+    """Mean :func:`pose_error` over the frames with a pose (``None`` elsewhere), against ``R [T, 3, 3]``,
+    ``t [T, 3]``: rotation error (degrees) and distance ratio (1 = right; with an assumed focal length the
+    expected ratio is ``focal_assumed_over_true``)."""
+    errors = [pose_error(p, R_gt[i], t_gt[i]) for i, p in enumerate(poses) if p is not None]
+    rot, ratio = [e[0] for e in errors], [e[1] for e in errors]
     return {"rotation_error_deg": float(np.mean(rot)) if rot else float("nan"),
             "distance_ratio": float(np.mean(ratio)) if ratio else float("nan")}
 
