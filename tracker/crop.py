@@ -1,11 +1,16 @@
 """Square face crops for the network, smoothed over time, with the affine back to frame pixels.
 
-Per frame, :class:`FaceCropper` detects faces (every frame: detection costs a few tens of ms at the
-detector's 320-px working size, small next to the network, and re-detecting every frame is what lets a
-face that left come back at once), picks the one that continues the current track, turns its box into a
-square (side ``scale`` x the box's longer side, centre moved ``shift_y`` box sides down because detector
-boxes sit high on the face), smooths the square over time with a :class:`BoxSmoother` (One-Euro by
-default, an exponential filter as the simple alternative) and resamples it to ``size`` x ``size``.
+Per frame, :class:`FaceCropper` asks its detector for the face (every frame; see
+:mod:`tracker.detect`). The default detector is a :class:`~tracker.detect.LandmarkDetector`, MediaPipe Face
+Mesh in video mode (about 5 ms per frame: it tracks the mesh and re-runs its face detector only when the
+track is lost, so a face that left comes back at once); its 478 landmarks are passed on in
+:class:`CropResult` and their tight box (chin to the top of the mesh on the forehead, about ear to ear) is
+the face box. A plain :class:`~tracker.detect.FaceDetector` (boxes, e.g. the Haar cascades) works too. The
+cropper picks the face that continues the current track, turns its box into a square (side ``scale`` x the
+box's longer side, centre moved ``shift_y`` box heights down; separate ``box_scale`` / ``box_shift_y`` for
+box detectors, whose boxes sit differently on the face), smooths the square over time with a
+:class:`BoxSmoother` (One-Euro by default, an exponential filter as the simple alternative) and resamples
+it to ``size`` x ``size``.
 
 Frames without a face (policy, see :class:`CropConfig`):
 
@@ -37,7 +42,7 @@ from PIL import Image
 
 from model.errors import InputError
 from tracker.decode import Frame
-from tracker.detect import FaceBox, FaceDetector, build_detector
+from tracker.detect import Detector, FaceBox, FaceLandmarks, FaceMeshConfig, build_detector
 
 STATUSES = ("detected", "held", "gap")
 
@@ -45,7 +50,7 @@ STATUSES = ("detected", "held", "gap")
 # ----------------------------------------------------------------------------------------------- math
 
 def square_from_box(box: FaceBox, scale: float, shift_y: float) -> np.ndarray:
-    """Detector box -> crop square ``[3]`` ``(cx, cy, side)`` in frame pixels.
+    """Face box -> crop square ``[3]`` ``(cx, cy, side)`` in frame pixels.
 
     ``side = scale * max(width, height)``; the centre is the box centre moved down by ``shift_y`` box
     heights.
@@ -198,31 +203,48 @@ class CropConfig:
 
     Attributes:
         size: crop side in pixels (the network input).
-        scale: crop side / the detector box's longer side. The default frames the whole head at about
+        scale: crop side / the longer side of the landmarks' tight box (chin to the top of the mesh,
+            about ear to ear: 178 x 220 px on the example clip). The crop frames the whole head at about
             0.6-0.7 of the crop, as the encoders' training renders do (their head fills 0.45-0.85 of the
-            image); a tighter crop (1.6) cut the skull and chin and left the renders' range.
-        shift_y: crop centre below the box centre, in box heights (Haar boxes span brows..lips; the
-            head's centre is a little above the box centre).
+            image); a tighter crop cut the skull and chin and left the renders' range. 2.25 and ``shift_y``
+            -0.2 give the squares of the former Haar defaults on the example clip (per frame, Haar square
+            side / landmark box side: median 2.26; centre offset -0.20 box heights; on the real clips d0 /
+            d6: 2.37 / 2.16 and -0.12 / -0.12). Smoothed squares on the example, vs Haar: side 1.00x
+            (0.89-1.16), centre within 0.03 side, 4-6x less jitter. A single photo's mesh (detection only,
+            no tracking) is about 5% shorter than a tracked one, so its crop is about 5% tighter.
+        shift_y: crop centre below the box centre, in box heights (negative: up, because the skull
+            reaches well above the top of the mesh).
+        box_scale, box_shift_y: the same for a plain box detector (:class:`~tracker.detect.FaceDetector`;
+            the defaults suit the Haar cascades, whose boxes span brows..lips).
         max_hold: frames without a usable detection that re-use the last square (``"held"``) before the
             frame is a ``"gap"``.
         reacquire_iou: while a track is alive, a detection whose square overlaps the current one less than
             this is ignored as a false positive.
+        detector: the detector :meth:`setup` builds when given none: ``"auto"`` (Face Mesh if MediaPipe
+            is installed, else the Haar cascades) or a name in :data:`tracker.detect.DETECTORS`.
+        face_mesh: settings of the Face Mesh detector; ``FaceMeshConfig(static_image_mode=True)`` for
+            single photos.
     """
 
     size: int = 256
-    scale: float = 2.1
-    shift_y: float = -0.05
+    scale: float = 2.25
+    shift_y: float = -0.2
+    box_scale: float = 2.1
+    box_shift_y: float = -0.05
     max_hold: int = 5
     reacquire_iou: float = 0.1
+    detector: str = "auto"
+    face_mesh: FaceMeshConfig = field(default_factory=FaceMeshConfig)
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.scale <= 0 or self.max_hold < 0:
-            raise ValueError(f"CropConfig needs size >= 1, scale > 0, max_hold >= 0; got {self}")
+        if self.size < 1 or self.scale <= 0 or self.box_scale <= 0 or self.max_hold < 0:
+            raise ValueError(f"CropConfig needs size >= 1, scale > 0, box_scale > 0, max_hold >= 0; got {self}")
 
-    def setup(self, detector: FaceDetector | None = None,
-              smoother: BoxSmoother | None = None) -> "FaceCropper":
-        """The cropper; default detector ``build_detector("auto")``, default smoother One-Euro."""
-        return FaceCropper(detector or build_detector("auto"), self, smoother or OneEuroSmoother())
+    def setup(self, detector: Detector | None = None, smoother: BoxSmoother | None = None) -> "FaceCropper":
+        """The cropper; default detector ``build_detector(self.detector, self.face_mesh)``, default
+        smoother One-Euro."""
+        detector = detector or build_detector(self.detector, self.face_mesh)
+        return FaceCropper(detector, self, smoother or OneEuroSmoother())
 
 
 @dataclass(frozen=True)
@@ -235,7 +257,12 @@ class CropResult:
         image: ``[size, size, 3]`` uint8 RGB crop; ``None`` for a gap.
         crop_to_frame: ``[2, 3]`` affine crop pixels -> frame pixels; ``None`` for a gap.
         square: ``[3]`` smoothed ``(cx, cy, side)`` in frame pixels; ``None`` for a gap.
-        detection: the raw detector box used this frame (``None`` unless ``"detected"``).
+        detection: the raw face box used this frame, for a landmark detector the landmarks' tight box
+            (``None`` unless ``"detected"``).
+        landmarks: ``[N, 2]`` (x, y) frame pixels (pixel centres at integers), the landmark detector's raw
+            points of this frame (``[478, 2]`` for Face Mesh, not smoothed); ``None`` unless ``"detected"``
+            by a landmark detector.
+        landmark_score: their confidence in [0, 1]; 0 when ``landmarks`` is ``None``.
     """
 
     index: int
@@ -245,6 +272,8 @@ class CropResult:
     crop_to_frame: np.ndarray | None
     square: np.ndarray | None
     detection: FaceBox | None
+    landmarks: np.ndarray | None = None
+    landmark_score: float = 0.0
 
     def to_frame(self, points_crop: np.ndarray) -> np.ndarray:
         """Crop pixels ``[..., 2]`` -> frame pixels ``[..., 2]``."""
@@ -259,6 +288,15 @@ class CropResult:
         return apply_affine(invert_affine(self.crop_to_frame), points_frame)
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A face found in a frame: its box, crop square ``[3]`` (unsmoothed) and landmarks if any."""
+
+    box: FaceBox
+    square: np.ndarray
+    landmarks: FaceLandmarks | None
+
+
 @dataclass
 class CropStats:
     """Frame counts by status."""
@@ -270,9 +308,14 @@ class CropStats:
 
 
 class FaceCropper:
-    """Detect, pick, smooth and crop, one frame at a time (state: the current track)."""
+    """Detect, pick, smooth and crop, one frame at a time (state: the current track).
 
-    def __init__(self, detector: FaceDetector, config: CropConfig | None = None,
+    ``detector`` is a :class:`~tracker.detect.LandmarkDetector` (one face's landmarks or ``None``; its box
+    framed by ``config.scale`` / ``shift_y``) or a :class:`~tracker.detect.FaceDetector` (a list of boxes,
+    framed by ``config.box_scale`` / ``box_shift_y``); told apart by what ``detect`` returns.
+    """
+
+    def __init__(self, detector: Detector, config: CropConfig | None = None,
                  smoother: BoxSmoother | None = None):
         self.detector = detector
         self.config = config or CropConfig()
@@ -282,47 +325,62 @@ class FaceCropper:
         self._missed = 0
 
     def reset(self) -> None:
-        """Forget the track and the counts (a new video)."""
+        """Forget the track, the counts and the detector's temporal state (a new video)."""
         self.smoother.reset()
+        reset = getattr(self.detector, "reset", None)
+        if callable(reset):
+            reset()
         self.stats = CropStats()
         self._square, self._missed = None, 0
 
-    def _pick(self, boxes: list[FaceBox]) -> tuple[FaceBox, np.ndarray] | None:
-        if not boxes:
-            return None
+    def _candidates(self, found: FaceLandmarks | list[FaceBox] | None) -> list[_Candidate]:
+        """The detector's answer -> faces with their squares, best first."""
         cfg = self.config
-        squares = [square_from_box(b, cfg.scale, cfg.shift_y) for b in boxes]
+        if found is None:
+            return []
+        if isinstance(found, FaceLandmarks):
+            box = found.box
+            return [_Candidate(box, square_from_box(box, cfg.scale, cfg.shift_y), found)]
+        return [_Candidate(b, square_from_box(b, cfg.box_scale, cfg.box_shift_y), None) for b in found]
+
+    def _pick(self, candidates: list[_Candidate]) -> _Candidate | None:
+        if not candidates:
+            return None
         if self._square is None:
-            return boxes[0], squares[0]                    # best score starts the track
-        ious = [square_iou(s, self._square) for s in squares]
+            return candidates[0]                          # best score starts the track
+        ious = [square_iou(c.square, self._square) for c in candidates]
         j = int(np.argmax(ious))
-        return (boxes[j], squares[j]) if ious[j] >= cfg.reacquire_iou else None
+        return candidates[j] if ious[j] >= self.config.reacquire_iou else None
 
     def __call__(self, frame: Frame) -> CropResult:
         cfg = self.config
         self.stats.frames += 1
-        boxes = self.detector.detect(frame.image)
-        picked = self._pick(boxes)
+        candidates = self._candidates(self.detector.detect(frame.image))
+        picked = self._pick(candidates)
         if picked is None and self._square is not None and self._missed < cfg.max_hold:
-            self._missed, status, detection = self._missed + 1, "held", None
+            self._missed, status = self._missed + 1, "held"
         else:
             if picked is None and self._square is not None:      # the hold ran out: end the track
                 self.smoother.reset()
                 self._square = None
-                picked = self._pick(boxes)                         # a new track may start right here
+                picked = self._pick(candidates)                    # a new track may start right here
             if picked is None:
-                self._square, status, detection = None, "gap", None
+                self._square, status = None, "gap"
             else:
-                detection, raw = picked
-                self._square = self.smoother(frame.time_s, raw)
+                self._square = self.smoother(frame.time_s, picked.square)
                 self._missed, status = 0, "detected"
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         if self._square is None:
             return CropResult(frame.index, frame.time_s, status, None, None, None, None)
         square = self._square.copy()
+        found = picked if status == "detected" else None
+        marks = found.landmarks if found is not None else None
         return CropResult(index=frame.index, time_s=frame.time_s, status=status,
                           image=crop_square(frame.image, square, cfg.size),
-                          crop_to_frame=crop_affine(square, cfg.size), square=square, detection=detection)
+                          crop_to_frame=crop_affine(square, cfg.size), square=square,
+                          detection=found.box if found is not None else None,
+                          landmarks=None if marks is None else marks.points.copy(),
+                          landmark_score=0.0 if marks is None else float(marks.score))
 
 
 def crop_frames(frames: Iterable[Frame], cropper: FaceCropper, source: str = "video") -> Iterator[CropResult]:

