@@ -1,11 +1,15 @@
-"""Tracking a folder of videos: parallel worker processes, resumable, going on past failures, with a report.
+"""Tracking a folder of videos: one task per file on an engine, resumable, going on past failures, with a report.
 
 :func:`track_folder` tracks every video file of a folder (by extension, sorted by name) into
-``out_dir/<stem><ext>``. Each file runs in its own task of a process pool (spawn start method, so workers
-share no state with the caller; ``workers=1`` runs in this process). An output that already exists is
-complete (every writer renames its file into place only when it is finished) and is skipped, so running the
-same command again resumes an interrupted batch. A file that fails is recorded with its one-line error and
-the others go on. ``out_dir/report.json`` is rewritten atomically after every file::
+``out_dir/<stem><ext>``. Each file is one task; an :class:`Engine` runs the tasks and hands back their
+outcomes as they finish: :class:`LocalEngine` (the default) in a process pool on this machine (spawn start
+method, so workers share no state with the caller; ``workers=1`` runs in this process), or
+:class:`tracker.ray_engine.RayEngine` as Ray tasks on a local Ray or a cluster. Everything else is shared by
+the engines: an output that already exists is complete (every writer renames its file into place only when
+it is finished) and is skipped, so running the same command again resumes an interrupted batch. A file that
+fails, or whose worker process dies, is recorded with its one-line error and the others go on; hidden
+temporaries a killed worker left beside its output are removed. ``out_dir/report.json`` is rewritten
+atomically after every file::
 
     {"format": "nphm-track.batch-report", "format_version": 1, "in_dir": ..., "out_dir": ..., "ext": ...,
      "counts": {"ok": n, "skipped": n, "failed": n}, "seconds": wall-clock seconds of this run,
@@ -18,12 +22,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -32,6 +37,8 @@ from model.errors import InputError
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 REPORT_NAME = "report.json"
 REPORT_FORMAT = "nphm-track.batch-report"
+#: The error of a file whose worker process died while tracking it.
+WORKER_DIED = "the worker process died (out of memory or killed?)"
 
 TrackFn = Callable[..., Any]
 
@@ -72,6 +79,102 @@ class BatchReport:
         return any(f.status == "failed" for f in self.files)
 
 
+@dataclass(frozen=True)
+class Task:
+    """One file to track: its row in the report, the video and its output path."""
+
+    index: int
+    video: Path
+    out: Path
+
+
+@dataclass
+class Outcome:
+    """How one task ended, as an engine reports it.
+
+    Attributes:
+        status: ``"ok"`` or ``"failed"``.
+        error: the one-line reason of a failure, else ``None``.
+        seconds: wall-clock seconds the task ran (0 when its worker died).
+        frames: frames tracked, ``None`` when unknown.
+        worker_died: the process running the task died (killed, out of memory, node lost), so it may have
+            left temporaries beside its output; :func:`track_folder` removes them.
+    """
+
+    status: str
+    error: str | None = None
+    seconds: float = 0.0
+    frames: int | None = None
+    worker_died: bool = False
+
+
+class Engine:
+    """Where the tasks of :func:`track_folder` run: the one part of folder tracking that differs between the
+    local process pool and a cluster (a small strategy object; the report, resume and failure rules live in
+    :func:`track_folder`).
+
+    :func:`track_folder` calls :meth:`start` once before the first task (only when there is work), then
+    iterates :meth:`run`, and calls :meth:`stop` at the end, also after an error or Ctrl-C.
+    """
+
+    name: ClassVar[str] = "engine"
+
+    def start(self, in_dir: Path, out_dir: Path, first_video: Path) -> None:
+        """Get ready to run tasks (connect, check that the folders are reachable); :class:`InputError` when
+        the batch cannot run."""
+
+    def run(self, tasks: Sequence[Task], track_fn: TrackFn, kwargs: dict[str, Any]) -> Iterator[tuple[int, Outcome]]:
+        """Run :func:`run_task` for every task; yield ``(task.index, outcome)`` in the order they finish.
+
+        A task whose worker dies yields a failed :class:`Outcome` with ``worker_died=True``. When the
+        iteration is abandoned (an exception, Ctrl-C, ``close()``), the outstanding tasks are cancelled.
+        """
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Release what :meth:`start` acquired."""
+
+
+@dataclass
+class LocalEngine(Engine):
+    """Worker processes on this machine (``--engine local``, the default).
+
+    Attributes:
+        workers: parallel worker processes; 1 runs in this process. Each worker gets ``cpu_count // workers``
+            threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``). With more than one worker the
+            ``track_fn`` and its keyword arguments must be picklable (a module-level function).
+    """
+
+    workers: int = 2
+    name: ClassVar[str] = "local"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise InputError(f"workers must be >= 1, got {self.workers}")
+
+    def run(self, tasks: Sequence[Task], track_fn: TrackFn, kwargs: dict[str, Any]) -> Iterator[tuple[int, Outcome]]:
+        if self.workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield task.index, run_task(track_fn, task.video, task.out, kwargs)
+            return
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                 initializer=init_worker_threads, initargs=(threads,)) as pool:
+            futures: dict[Future, int] = {
+                pool.submit(run_task, track_fn, t.video, t.out, kwargs): t.index for t in tasks}
+            try:
+                for fut in as_completed(futures):
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:  # the pool has terminated its other workers too
+                        outcome = Outcome("failed", WORKER_DIED, worker_died=True)
+                    yield futures[fut], outcome
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
 def find_videos(in_dir: Path) -> list[Path]:
     """Video files directly in ``in_dir`` (by extension, case-insensitive), sorted by name."""
     return sorted((p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
@@ -79,34 +182,39 @@ def find_videos(in_dir: Path) -> list[Path]:
 
 
 def track_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, ext: str = ".usd", workers: int = 2,
-                 track_fn: TrackFn | None = None, progress: bool = True, **track_kwargs: Any) -> BatchReport:
+                 track_fn: TrackFn | None = None, progress: bool = True, engine: Engine | None = None,
+                 **track_kwargs: Any) -> BatchReport:
     """Track every video of ``in_dir`` into ``out_dir/<stem><ext>``.
 
     Args:
         in_dir: folder of videos (``.mp4 .mov .mkv .avi .webm .m4v``; sub-folders are not searched).
-        out_dir: output folder, created when missing.
+        out_dir: output folder, created when missing. With a distributed engine both folders must be on a
+            path every node sees (a shared file system).
         ext: output extension, any format of :mod:`exporters` (checked before any work).
-        workers: parallel worker processes; 1 runs in this process. Each worker gets ``cpu_count // workers``
-            threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``).
+        workers: parallel worker processes of the default engine, ``LocalEngine(workers)``.
         track_fn: called as ``track_fn(video: Path, out: Path, **track_kwargs)``; default
-            :func:`tracker.pipeline.track_video`. Must be picklable (a module-level function) when
-            ``workers > 1``; its result's ``n_frames`` (if any) is reported.
+            :func:`tracker.pipeline.track_video`. Must be picklable (a module-level function) when the tasks
+            run in other processes; its result's ``n_frames`` (if any) is reported.
         progress: show a progress bar over files.
-        **track_kwargs: passed to every ``track_fn`` call (e.g. ``config=``); picklable when ``workers > 1``.
+        engine: where the tasks run: :class:`LocalEngine` (default) or
+            :class:`tracker.ray_engine.RayEngine`; ``workers`` is ignored when given.
+        **track_kwargs: passed to every ``track_fn`` call (e.g. ``config=``); picklable as ``track_fn``.
 
     Returns:
         The :class:`BatchReport` (also written to ``out_dir/report.json``).
 
     Raises:
         InputError: ``in_dir`` is not a folder or holds no video, two videos would write the same output,
-            ``ext`` is unknown, ``workers < 1``, or ``out_dir`` cannot be created or written.
+            ``ext`` is unknown, ``workers < 1``, ``out_dir`` cannot be created or written, or the engine
+            cannot run the batch (:meth:`Engine.start`).
+        KeyboardInterrupt: on Ctrl-C, after the outstanding tasks were cancelled; their rows stay
+            ``pending`` in the report.
     """
     from exporters.registry import writer_class  # here, not at the top: worker processes do not need it
 
     start = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if workers < 1:
-        raise InputError(f"workers must be >= 1, got {workers}")
+    engine = LocalEngine(workers) if engine is None else engine
     if not ext.startswith("."):
         ext = "." + ext
     writer_class(f"out{ext}")  # unknown extension: fail before any work
@@ -134,40 +242,75 @@ def track_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, ext: str
         if outputs[i].exists():
             f.status, f.frames = "skipped", previous.get(f.input)
         else:
-            todo.append(i)
-
-    def finish(i: int, outcome: tuple[str, str | None, float, int | None]) -> None:
-        f = files[i]
-        f.status, f.error, f.seconds, f.frames = outcome
+            todo.append(Task(i, videos[i], outputs[i]))
+    if todo:
+        engine.start(in_dir, out_dir, todo[0].video)
+    try:
         _write_report(report, in_dir, out_dir, ext, time.perf_counter() - start)
-        bar.update(1)
-        bar.set_postfix(failed=sum(x.status == "failed" for x in files), refresh=False)
-
-    _write_report(report, in_dir, out_dir, ext, time.perf_counter() - start)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
-        if workers == 1 or len(todo) <= 1:
-            for i in todo:
-                finish(i, _track_one(track_fn, videos[i], outputs[i], track_kwargs))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                     initializer=_init_worker, initargs=(threads,)) as pool:
-                futures: dict[Future, int] = {
-                    pool.submit(_track_one, track_fn, videos[i], outputs[i], track_kwargs): i for i in todo}
-                try:
-                    for fut in as_completed(futures):
-                        try:
-                            outcome = fut.result()
-                        except BrokenProcessPool:
-                            outcome = ("failed", "the worker process died (out of memory or killed?)", 0.0, None)
-                        finish(futures[fut], outcome)
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
+            results = engine.run(todo, track_fn, track_kwargs) if todo else iter(())
+            try:
+                for i, outcome in results:
+                    if outcome.worker_died:
+                        remove_temporaries(outputs[i])
+                    f = files[i]
+                    f.status, f.error, f.seconds, f.frames = (outcome.status, outcome.error, outcome.seconds,
+                                                              outcome.frames)
+                    _write_report(report, in_dir, out_dir, ext, time.perf_counter() - start)
+                    bar.update(1)
+                    bar.set_postfix(failed=sum(x.status == "failed" for x in files), refresh=False)
+            finally:
+                getattr(results, "close", lambda: None)()  # an engine's generator cancels what is left
+    finally:
+        if todo:
+            engine.stop()
     report.seconds = time.perf_counter() - start
     _write_report(report, in_dir, out_dir, ext, report.seconds)
     return report
+
+
+def run_task(track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any]) -> Outcome:
+    """Run one file (in whichever process the engine picked): the :class:`Outcome`.
+
+    Temporaries an earlier, killed attempt at the same output left behind are removed first. Every exception
+    becomes a one-line error (user errors as their message; anything else prefixed by its type, as it is
+    likely a bug).
+    """
+    t0 = time.perf_counter()
+    remove_temporaries(Path(out))
+    try:
+        result = track_fn(video, out, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not isinstance(exc, (InputError, OSError)) or not msg:
+            msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+        return Outcome("failed", msg, time.perf_counter() - t0)
+    frames = getattr(result, "n_frames", None)
+    return Outcome("ok", None, time.perf_counter() - t0, int(frames) if isinstance(frames, int) else None)
+
+
+#: Suffixes of the temporaries the writers of one output use (``exporters.base.temp_name``): the output's
+#: own, the NPZ/MDD data file, PC2/MDD rest mesh, glTF buffer, a replaced mesh-sequence folder; the track
+#: file's is ``.npz``.
+_TEMP_SUFFIXES = (".data", ".obj", ".bin", ".old", "")
+
+
+def remove_temporaries(out: Path) -> list[Path]:
+    """Delete the hidden temporaries (``exporters.base.temp_name``: ``.<stem>.<8 hex>.partial<suffix>``) that
+    the writers of ``out`` and of its track file ``<stem>.track.npz`` leave beside it when their process is
+    killed. Only call it when no task is writing ``out``. Returns the paths removed."""
+    from exporters.base import remove_path
+
+    stem = re.escape(out.name[: len(out.name) - len(out.suffix)] if out.suffix else out.name)
+    suffixes = "|".join(re.escape(s) for s in {out.suffix, *_TEMP_SUFFIXES})
+    pattern = re.compile(rf"\.{stem}(\.[0-9a-f]{{8}}\.partial({suffixes})|\.track\.[0-9a-f]{{8}}\.partial\.npz)")
+    try:
+        found = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+    for p in found:
+        remove_path(p)
+    return found
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -186,30 +329,14 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
-def _init_worker(threads: int) -> None:
-    """Worker start-up: share the CPU cores between workers."""
+def init_worker_threads(threads: int) -> None:
+    """Worker start-up: this process's share of the CPU cores (``OMP_NUM_THREADS``, torch threads)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         import torch
         torch.set_num_threads(threads)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-
-
-def _track_one(track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any]
-               ) -> tuple[str, str | None, float, int | None]:
-    """Run one file: ``(status, error, seconds, frames)``. Every exception becomes a one-line error (user
-    errors as their message; anything else prefixed by its type, as it is likely a bug)."""
-    t0 = time.perf_counter()
-    try:
-        result = track_fn(video, out, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if not isinstance(exc, (InputError, OSError)) or not msg:
-            msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-        return "failed", msg, time.perf_counter() - t0, None
-    frames = getattr(result, "n_frames", None)
-    return "ok", None, time.perf_counter() - t0, int(frames) if isinstance(frames, int) else None
 
 
 def _previous_frames(path: Path) -> dict[str, int]:

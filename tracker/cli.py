@@ -7,12 +7,16 @@ function that is also importable from Python.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tracker import __version__
 from model.errors import InputError
 from tracker.cli_util import DefaultCommandGroup, one_line_errors
+
+if TYPE_CHECKING:
+    from tracker.batch import Engine
 
 
 @click.group(cls=DefaultCommandGroup, default_command="track",
@@ -61,7 +65,19 @@ def model_options(fn):
 @click.option("--format", "ext", default=".usd", show_default=True,
               help="Folder input only: the extension of every output.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Folder input only: parallel worker processes.")
+              help="Folder input, --engine local: parallel worker processes.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Folder input only: where the videos run: local = worker processes on this machine; ray = one "
+                   "Ray task per video, on a local Ray or a cluster (extra: pip install -e \".[ray]\"). With ray, "
+                   "the input and output folders must be on a path every node sees (a shared file system).")
+@click.option("--address", default=None,
+              help="--engine ray: the Ray cluster to connect to [default: $RAY_ADDRESS, else start a local Ray].")
+@click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--engine ray: CPUs reserved per video [default: 1].")
+@click.option("--gpus-per-task", type=click.FloatRange(min=0), default=None,
+              help="--engine ray with --device cuda: GPUs reserved per video; fractions share a GPU [default: 1].")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="--engine ray: run a video again up to N times when its worker process dies [default: 0].")
 @click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav", show_default=True,
               help="Video decoder (decord is an optional extra).")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the networks (cpu, cuda).")
@@ -79,7 +95,8 @@ def model_options(fn):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @model_options
 @one_line_errors("nphm-track")
-def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, decoder: str, device: str,
+def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, engine: str, address: str | None,
+          cpus_per_task: float | None, gpus_per_task: float | None, retries: int | None, decoder: str, device: str,
           tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, max_frames: int | None,
           quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
           regressor: Path | None) -> None:
@@ -96,7 +113,8 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     if source.is_dir():
-        _track_folder(source, out, ext, workers, decoder, device, resolution, with_pose, focal, quiet, weights)
+        folder_engine = _folder_engine(engine, workers, device, address, cpus_per_task, gpus_per_task, retries)
+        _track_folder(source, out, ext, folder_engine, decoder, device, resolution, with_pose, focal, quiet, weights)
         return
     from tracker.predict import Models
 
@@ -120,7 +138,29 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
                f"a face; {res.fps:.2f} fps) and {res.track_path}" + (f"; preview {res.preview}" if res.preview else ""))
 
 
-def _track_folder(source: Path, out: Path, ext: str, workers: int, decoder: str, device: str, resolution: int,
+def _folder_engine(engine: str, workers: int, device: str, address: str | None, cpus_per_task: float | None,
+                   gpus_per_task: float | None, retries: int | None) -> Engine:
+    """The folder tracker's engine from the command's options."""
+    from tracker.batch import LocalEngine
+
+    ray_options = {"--address": address, "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task,
+                   "--retries": retries}
+    if engine == "local":
+        given = [k for k, v in ray_options.items() if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --engine ray")
+        return LocalEngine(workers)
+    from tracker.ray_engine import RayEngine
+
+    cuda = device.startswith("cuda")
+    if gpus_per_task and not cuda:
+        raise InputError("--gpus-per-task: only with --device cuda")
+    return RayEngine(address=address, cpus_per_task=1.0 if cpus_per_task is None else cpus_per_task,
+                     gpus_per_task=(1.0 if cuda else 0.0) if gpus_per_task is None else gpus_per_task,
+                     retries=retries or 0)
+
+
+def _track_folder(source: Path, out: Path, ext: str, engine: Engine, decoder: str, device: str, resolution: int,
                   with_pose: bool, focal: float | None, quiet: bool, weights: dict) -> None:
     from tracker.batch import track_folder
     from tracker.pipeline import TrackConfig, track_video_quietly
@@ -129,7 +169,7 @@ def _track_folder(source: Path, out: Path, ext: str, workers: int, decoder: str,
         raise InputError("a folder is tracked with the shipped weights in this version (no --head/--regressor)")
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
                       focal_px=focal)
-    report = track_folder(source, out, ext=ext if ext.startswith(".") else f".{ext}", workers=workers,
+    report = track_folder(source, out, ext=ext if ext.startswith(".") else f".{ext}", engine=engine,
                           progress=not quiet, track_fn=track_video_quietly, cfg=cfg)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     click.echo(f"{source}: {counts}; report {report.report_path}")
