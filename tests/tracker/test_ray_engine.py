@@ -19,7 +19,7 @@ from tracker.ray_engine import RayEngine
 from tests.tracker.test_batch import fake_track, make_folder
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow  # each Ray start-up takes 4-10 s on the 2-core machine: about 45 s in all
+pytestmark = pytest.mark.slow  # each Ray start-up takes 4-10 s on the 2-core machine: about a minute in all
 # Ray workers import functions by module name; send this module's by value so they need not find `tests`.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
