@@ -333,13 +333,14 @@ def check_state_dict(want: dict[str, Tensor], got: dict[str, Tensor], what: str,
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def default_weights(name: str = "head_default") -> Path:
-    """Path of a weights file shipped in ``model/weights/`` (``<name>.pt``); the one place assets resolve.
+def default_weights(name: str = "head_default", suffix: str = ".pt") -> Path:
+    """Path of a weights file or asset shipped in ``model/weights/`` (``<name><suffix>``); the one place assets
+    resolve.
 
     Raises :class:`InputError` when the file is not there (e.g. a stage whose weights are not trained yet).
     """
-    path = WEIGHTS_DIR / f"{name}.pt"
+    path = WEIGHTS_DIR / f"{name}{suffix}"
     if not path.is_file():
-        have = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.is_dir() else []
+        have = sorted(p.name for p in WEIGHTS_DIR.glob(f"*{suffix}")) if WEIGHTS_DIR.is_dir() else []
         raise InputError(f"{path}: no such weights file; shipped: {', '.join(have) or 'none'}")
     return path

@@ -144,6 +144,37 @@ class DeformationMLP(nn.Module):
                 h = nn.functional.softplus(h, beta=beta)
         return h, jt.permute(0, 2, 3, 1)
 
+    def forward_with_cond_tangents(self, x: Tensor, cond: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` plus its derivatives along directions in conditioning space, by forward mode.
+
+        Args:
+            x: ``[B, N, 3]``; cond: ``[B, C]``; directions: ``[T, C]`` tangent vectors of ``cond``.
+        Returns:
+            ``(out [B, N, 3 + n_hyper], jac [B, N, 3 + n_hyper, T])`` with ``jac[..., i, k] = d out_i / d cond
+            . directions[k]`` (the directional derivatives; e.g. rows of an expression basis). Not meant for
+            autograd through ``jac``.
+        """
+        beta = self.cfg.softplus_beta
+        hid = self.cfg.deform_hidden
+        h = jt = None  # jt: tangents [B, T, N or 1, width]
+        for i, lin in enumerate(self.layers):
+            w = lin.weight
+            if i == 0:
+                h = x @ w[:, :3].T + (cond @ w[:, 3:].T + lin.bias).unsqueeze(-2)
+                jt = (directions @ w[:, 3:].T)[None, :, None, :]  # [1, T, 1, width]
+            elif i == self.cfg.deform_skip:
+                pre = h @ w[:, :hid].T + x @ w[:, hid:hid + 3].T + (cond @ w[:, hid + 3:].T).unsqueeze(-2)
+                h = pre / math.sqrt(2.0) + lin.bias
+                jt = (jt @ w[:, :hid].T + (directions @ w[:, hid + 3:].T)[None, :, None, :]) / math.sqrt(2.0)
+            else:
+                h = lin(h)
+                jt = jt @ w.T
+            if i < len(self.layers) - 1:
+                jt = torch.sigmoid(beta * h).unsqueeze(1) * jt
+                h = nn.functional.softplus(h, beta=beta)
+        jt = jt.expand(h.shape[0], -1, h.shape[1], -1)
+        return h, jt.permute(0, 2, 3, 1)
+
 
 class HeadLayer(nn.Module):
     """Stateless head network: every method takes the codes as inputs.

@@ -71,18 +71,23 @@ def data_renders(out_dir: str, n: int, resolution: int, seed: int, ict_path: str
 @click.option("--res", "resolution", type=int, default=512, show_default=True, help="Width = height (even).")
 @click.option("--fps", type=float, default=25.0, show_default=True, help="Frames per second.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Base seed (video i uses [seed, i]).")
+@click.option("--yaw", "yaw_deg", type=float, default=35.0, show_default=True,
+              help="Largest head yaw, degrees (the pose wanders within +-yaw).")
+@click.option("--pitch", "pitch_deg", type=float, default=15.0, show_default=True, help="Largest head pitch, degrees.")
+@click.option("--roll", "roll_deg", type=float, default=10.0, show_default=True, help="Largest head roll, degrees.")
 @click.option("--ict", "ict_path", type=click.Path(), default=None,
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
-def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, seed: int,
-                ict_path: str | None) -> None:
+def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, seed: int, yaw_deg: float,
+                pitch_deg: float, roll_deg: float, ict_path: str | None) -> None:
     """Synthetic H.264 videos of one head each, with per-frame ground truth beside them.
 
     Writes OUT/video_NNNN.mp4, OUT/video_NNNN.gt.npz and OUT/manifest.json; re-running resumes.
     """
-    from train.video import generate_videos
+    from train.video import VideoConfig, generate_videos
 
-    click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path))
+    cfg = VideoConfig(yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
+    click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path, cfg=cfg))
 
 
 @main.command("encoders")
@@ -318,6 +323,41 @@ def eval_single_view(data_dir: str, head_path: str | None, normal_encoder: str |
     report = run_single_view(data_dir, cfg, head_path, normal_encoder, point_encoder, regressor_path, ict_path,
                              out_path)
     click.echo(format_table(report))
+
+
+@main.command("landmarks")
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Head model checkpoint trained by `nphm-train head` (e.g. model/weights/head_default.pt).")
+@click.option("--data-seed", type=int, required=True, help="Seed of the head's `nphm-train data heads` command.")
+@click.option("--identities", type=click.IntRange(min=1), required=True,
+              help="--identities of the head's `nphm-train data heads` command.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Asset to write (.npz), with a JSON card beside it.")
+@click.option("--work", "work_dir", type=click.Path(file_okay=False), default="runs/landmarks", show_default=True,
+              help="Folder for the resumable intermediate results (embedding, registered codes).")
+@click.option("--renders", type=click.IntRange(min=1), default=240, show_default=True,
+              help="ICT renders the detector is run on for the embedding.")
+@click.option("--extra-identities", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Random ICT identities registered to the head model to fit the map on.")
+@click.option("--rank", type=click.IntRange(min=1), default=96, show_default=True,
+              help="Principal directions of the identity codes the map uses.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the renders and identities.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def landmarks(head_path: str, data_seed: int, identities: int, out_path: str, work_dir: str, renders: int,
+              extra_identities: int, rank: int, seed: int, ict_path: str | None) -> None:
+    """Landmark assets for a head model: the MediaPipe Face Mesh embedding on ICT-FaceKit (the real detector
+    run on renders, its points ray-cast onto the mesh) and the map from identity codes to canonical
+    landmarks, evaluated on held-out identities (see train/landmark_assets.py)."""
+    from train.landmark_assets import run_landmarks_command
+
+    card = run_landmarks_command(head_path, data_seed, identities, out_path, work_dir, renders, extra_identities,
+                                 rank, seed, ict_path)
+    held = card["metrics"]["map"].get("heldout", {})
+    click.echo(f"wrote {out_path}: embedding spread {card['metrics']['embedding']['spread_mm_median']:.2f} mm median; "
+               f"held-out canonical landmark error {held.get('mean_mm', float('nan')):.3f} mm "
+               f"(mean head {held.get('mean_head_reference_mm', float('nan')):.3f} mm)")
 
 
 @main.command("ship")

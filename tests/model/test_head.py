@@ -170,6 +170,22 @@ def test_deformation_jacobian_matches_autograd():
     assert torch.allclose(jac, ref, atol=1e-9)
 
 
+def test_deformation_cond_tangents_match_autograd():
+    """Directional derivatives along conditioning directions (the landmark tracker's Jacobian route)."""
+    layer = make_layer(dtype=torch.float64)
+    z_id, z_ex, _ = codes(dtype=torch.float64)
+    net = layer.deformation
+    cond = net.condition(z_id[None], z_ex[None], layer.anchors(z_id[None]))  # [1, C]
+    x = torch.rand(1, 5, 3, dtype=torch.float64) - 0.5
+    dirs = torch.randn(4, cond.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out, jac = net.forward_with_cond_tangents(x, cond, dirs)
+    assert torch.allclose(out, net(x, cond))
+    full = torch.autograd.functional.jacobian(lambda c: net(x, c), cond)  # [1, 5, O, 1, C]
+    ref = torch.einsum("bnoc,tc->bnot", full[:, :, :, 0], dirs)
+    assert jac.shape == (1, 5, out.shape[-1], 4) and jac.abs().max() > 1e-3
+    assert torch.allclose(jac, ref, atol=1e-9)
+
+
 def test_mirrored_codes_give_mirrored_sdf():
     """Mirror pairs share one MLP with mirrored x: swapping the local codes of each pair and mirroring the
     anchors mirrors the SDF. The middle and global MLPs are not mirror-symmetric functions, so the test
