@@ -89,7 +89,11 @@ def model_options(fn):
               help="Marching-cubes resolution of the output mesh.")
 @click.option("--with-pose", is_flag=True, help="Video: export the rigid head motion too (camera frame, Y up).")
 @click.option("--focal", type=float, default=None,
-              help="Focal length of the camera in pixels [default: 1.3 x the frame's longer side].")
+              help="Focal length of the camera in pixels, the start of its estimate over the identity keyframes "
+                   "[default: 1.3 x the frame's longer side].")
+@click.option("--evidence", type=click.Choice(["landmarks", "maps"]), default="landmarks", show_default=True,
+              help="Video: what each frame is fitted to: the face's 478 landmarks (MediaPipe Face Mesh), or the "
+                   "older geometric encoders' normal and point maps (measured worse; kept for comparison).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help="Video: track only the first N frames (a quick look at a long video).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -97,14 +101,15 @@ def model_options(fn):
 @one_line_errors("nphm-track")
 def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, engine: str, address: str | None,
           cpus_per_task: float | None, gpus_per_task: float | None, retries: int | None, decoder: str, device: str,
-          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, max_frames: int | None,
-          quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
+          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, evidence: str,
+          max_frames: int | None, quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
           regressor: Path | None) -> None:
     """Track SOURCE (a video, a photo, or a folder of videos) into an animated head.
 
-    A video is decoded as a stream; the face is detected and cropped per frame, the identity is estimated
-    once from the first frames and kept, and every frame's expression and head pose are refined by
-    test-time optimisation warm-started from the previous frame, then smoothed with a short fixed lag.
+    A video is decoded as a stream; MediaPipe Face Mesh finds the face's 478 landmarks in every frame; the
+    identity and the focal length are fitted once to a few keyframes of the first frames and kept; every
+    frame's expression and head pose are then fitted to its landmarks (Levenberg-Marquardt), warm-started
+    from the previous frame, and smoothed with a short fixed lag.
     """
     from tracker.decode import IMAGE_SUFFIXES
 
@@ -114,7 +119,8 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
         raise InputError(f"{source}: no such file or folder")
     if source.is_dir():
         folder_engine = _folder_engine(engine, workers, device, address, cpus_per_task, gpus_per_task, retries)
-        _track_folder(source, out, ext, folder_engine, decoder, device, resolution, with_pose, focal, quiet, weights)
+        _track_folder(source, out, ext, folder_engine, decoder, device, resolution, with_pose, focal, quiet, weights,
+                      evidence)
         return
     from tracker.predict import Models
 
@@ -131,7 +137,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     from tracker.pipeline import TrackConfig, track_video
 
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
-                      focal_px=focal, max_frames=max_frames)
+                      focal_px=focal, max_frames=max_frames, evidence=evidence)
     models = None if all(v is None for v in weights.values()) else Models.load(device=device, **weights)
     res = track_video(source, out, cfg, models=models, preview=preview, progress=not quiet)
     click.echo(f"wrote {res.out} ({res.frames} frames: {res.tracked} tracked, {res.held} held, {res.gaps} without "
@@ -161,14 +167,14 @@ def _folder_engine(engine: str, workers: int, device: str, address: str | None, 
 
 
 def _track_folder(source: Path, out: Path, ext: str, engine: Engine, decoder: str, device: str, resolution: int,
-                  with_pose: bool, focal: float | None, quiet: bool, weights: dict) -> None:
+                  with_pose: bool, focal: float | None, quiet: bool, weights: dict, evidence: str = "landmarks") -> None:
     from tracker.batch import track_folder
     from tracker.pipeline import TrackConfig, track_video_quietly
 
     if any(v is not None for v in weights.values()):
         raise InputError("a folder is tracked with the shipped weights in this version (no --head/--regressor)")
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
-                      focal_px=focal)
+                      focal_px=focal, evidence=evidence)
     report = track_folder(source, out, ext=ext if ext.startswith(".") else f".{ext}", engine=engine,
                           progress=not quiet, track_fn=track_video_quietly, cfg=cfg)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())

@@ -44,10 +44,14 @@ from model.errors import InputError
 from tracker.bake import Baker
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
+from tracker.landmark_tracker import FittedLandmarks, LandmarkStrategy, LandmarkTracker
 from tracker.predict import Models, Prediction, predict, resize_intrinsics, start_topology
 from tracker.strategy import FrameSolution, TrackingStrategy
 from tracker.trackfile import Track, save_track
 from tracker.tto import axis_angle_to_matrix, init_pose_from_point_map, optimise, optimise_views
+
+DETECTION_COLOR, FITTED_COLOR = (60, 220, 255), (255, 60, 60)
+"""Preview dots: the detector's landmarks (cyan) and the fitted head's (red)."""
 
 DEFAULT_FOCAL_FACTOR = 1.3
 """Assumed focal length of a video of unknown camera, in units of its longer side (module docstring)."""
@@ -69,6 +73,9 @@ class TrackConfig:
         crop: the face cropper's settings.
         write_track: also write the track file beside the output (``<out>.track.npz``).
         max_frames: track only the first N frames (a quick look at a long video); None: all.
+        evidence: ``"landmarks"`` (default): the face landmarks of every frame drive the fit
+            (:mod:`tracker.landmark_tracker`); ``"maps"``: the geometric encoders' normal and point maps
+            (:class:`VideoTracker`; the earlier tracker, kept as an option: measured worse, see the README).
     """
 
     decoder: str = "pyav"
@@ -81,6 +88,14 @@ class TrackConfig:
     crop: CropConfig = field(default_factory=CropConfig)
     write_track: bool = True
     max_frames: Optional[int] = None
+    evidence: str = "landmarks"
+
+    def __post_init__(self) -> None:
+        if self.evidence not in EVIDENCE:
+            raise InputError(f"evidence must be one of {', '.join(EVIDENCE)}, got {self.evidence!r}")
+
+
+EVIDENCE = ("landmarks", "maps")
 
 
 @dataclass
@@ -230,6 +245,10 @@ class VideoTracker:
         return sol
 
 
+def _has_face(crop: CropResult, on_landmarks: bool) -> bool:
+    return crop.landmarks is not None if on_landmarks else crop.image is not None
+
+
 def _slice(pred: Prediction, i: int) -> Prediction:
     return Prediction(pred.z_id[i:i + 1], pred.z_ex[i:i + 1], pred.normals[i:i + 1], pred.point_map[i:i + 1],
                       pred.mask[i:i + 1], pred.seconds / len(pred.z_id))
@@ -261,7 +280,9 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         partial output is left behind.
     """
     cfg = cfg or TrackConfig()
-    strategy = strategy or TrackingStrategy()
+    if strategy is None:
+        strategy = LandmarkStrategy() if cfg.evidence == "landmarks" else TrackingStrategy()
+    on_landmarks = isinstance(strategy, LandmarkStrategy)
     out = Path(out) if out is not None else None
     if out is not None:
         writer_class(out)  # an unknown extension fails before any work
@@ -276,10 +297,17 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     info = stream.info
     fps = info.fps or 25.0
     K_frame = frame_intrinsics(info.width, info.height, cfg)
-    tracker = VideoTracker(models, strategy, cfg, K_frame, clock)
+    if on_landmarks:
+        if models.landmarks is None:
+            raise InputError(f"{models.head_path}: this head model has no landmark assets (build them with "
+                             "`nphm-train landmarks`), or track with --evidence maps")
+        tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K_frame, clock)
+    else:
+        tracker = VideoTracker(models, strategy, cfg, K_frame, clock)
     smoother = strategy.smoother()
     keep_frames = preview is not None
     records: list[FrameSolution] = []  # emitted solutions without payload (small: codes and pose per frame)
+    fitted: list[Optional[FittedLandmarks]] = []  # the head's landmarks per emitted frame (landmark tracker)
     leading_gaps: list[CropResult] = []
     state: dict = {"writer": None, "baker": None, "preview": None, "export": None}
 
@@ -295,15 +323,22 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             transform = Baker.transform(sol.pose.cpu().numpy()) if cfg.with_pose else None
             state["writer"].append(vertices, transform)
         t = clock.add("export", t)
+        if on_landmarks:
+            fitted.append(tracker.fitted_landmarks(sol) if sol.status != "gap" else None)
+            t = clock.add("landmarks out", t)
         if state["preview"] is not None:
             from tracker.preview import frame_intrinsics
 
             cam = None if sol.status == "gap" else camera_vertices(vertices, sol.pose)
+            points = []
+            if on_landmarks and fitted[-1] is not None:
+                points = [(sol.detections, DETECTION_COLOR), (fitted[-1].mediapipe, FITTED_COLOR)]
             state["preview"].write_mesh(sol.payload, cam, baker.faces, frame_intrinsics(sol.K, sol.crop_to_frame),
-                                        sol.index, sol.status)
+                                        sol.index, sol.status, points)
             clock.add("preview", t)
         records.append(FrameSolution(sol.index, sol.time_s, sol.status, sol.z_ex, sol.pose, sol.K,
-                                     sol.crop_to_frame, sol.confidence, sol.loss, sol.steps))
+                                     sol.crop_to_frame, sol.confidence, sol.loss, sol.steps,
+                                     detections=sol.detections))
 
     def process(item: _Pending) -> None:
         for ready in smoother.push(tracker.solve(item)):
@@ -324,14 +359,14 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             t = clock.add("decode+detect", t)
             item = _Pending(crop, latest.get("image") if keep_frames else None)
             if tracker.z_id is None:
-                if crop.image is None and not window:
+                if not _has_face(crop, on_landmarks) and not window:
                     leading_gaps.append(crop)
                     if state["preview"] is not None:
                         state["preview"].write(item.frame, None, crop.index, "gap")
                     t = time.perf_counter()
                     continue
                 window.append(item)
-                n_faces = sum(p.crop.image is not None for p in window)
+                n_faces = sum(_has_face(p.crop, on_landmarks) for p in window)
                 if n_faces >= strategy.identity_frames or len(window) >= strategy.identity_wait:
                     _start(tracker, window, state, models, cfg)
                     for p in window:
@@ -359,7 +394,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         raise
     finally:
         bar.close()
-    track = _build_track(records, leading_gaps, tracker, models, fps, str(video), (info.width, info.height))
+    track = _build_track(records, leading_gaps, tracker, models, fps, str(video), (info.width, info.height),
+                         fitted if on_landmarks else None)
     track_path = None
     if out is not None and cfg.write_track:
         track_path = save_track(track_path_for(out), track)
@@ -399,16 +435,31 @@ def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: M
                            resolution=cfg.export_resolution)
 
 
-def _build_track(records: list[FrameSolution], leading: list[CropResult], tracker: VideoTracker,
-                 models: Models, fps: float, source: str, size: tuple[int, int]) -> Track:
+def _build_track(records: list[FrameSolution], leading: list[CropResult], tracker,
+                 models: Models, fps: float, source: str, size: tuple[int, int],
+                 fitted: Optional[list[Optional[FittedLandmarks]]] = None) -> Track:
     first = records[0]
     lead = [FrameSolution(c.index, c.time_s, "gap", first.z_ex, first.pose, first.K, first.crop_to_frame, 0.0)
             for c in leading]
     rows = lead + records
+    landmarks = {}
+    if fitted is not None:
+        n_mp, n_68 = len(models.landmarks.mediapipe), len(models.landmarks.ibug68)
+        pad: list[Optional[FittedLandmarks]] = [None] * len(lead) + list(fitted)
+        nan = np.full((n_mp, 2), np.nan)
+        landmarks = dict(
+            landmarks_px=np.stack([f.mediapipe if f is not None else nan for f in pad]),
+            landmarks68_px=np.stack([f.ibug68 if f is not None else np.full((n_68, 2), np.nan) for f in pad]),
+            detections_px=np.stack([r.detections if r.detections is not None and r.status != "gap" else nan
+                                    for r in rows]),
+            K_frame=tracker.K)
     return Track(z_id=tracker.z_id[0].cpu().numpy(), z_ex=torch.stack([r.z_ex for r in rows]).cpu().numpy(),
                  pose=torch.stack([r.pose for r in rows]).cpu().numpy(), K=np.stack([r.K for r in rows]),
                  crop_to_frame=np.stack([r.crop_to_frame for r in rows]),
                  frame_index=np.array([r.index for r in rows]), time_s=np.array([r.time_s for r in rows]),
                  status=np.array([r.status for r in rows]), confidence=np.array([r.confidence for r in rows]),
                  fps=fps, source=source, frame_size=size, head=models.head_path,
-                 meta={"tto_steps": [int(r.steps) for r in rows], "reference_loss": tracker.reference_loss})
+                 meta={"tto_steps": [int(r.steps) for r in rows], "reference_loss": tracker.reference_loss,
+                       "evidence": "landmarks" if fitted is not None else "maps",
+                       "keyframes": [int(k) for k in getattr(tracker, "keyframes", [])]},
+                 **landmarks)

@@ -30,6 +30,7 @@ from model.checkpoint import default_weights, load_checkpoint
 from model.codes import CodeStatistics
 from model.errors import InputError
 from model.head import HeadLayer
+from model.landmarks import LandmarkAssets, load_landmark_assets
 from model.regressor import Regressor, load_regressor
 from model.topology import FixedTopology
 from model.vit import GeometryEncoder, load_encoder
@@ -39,6 +40,8 @@ from tracker.tto import TTOResult, TTOStage, TTOTargets, default_stages, init_po
 #: Names of the shipped weights (``model/weights/<name>.pt``).
 WEIGHTS = {"head": "head_default", "normals": "encoder_normals", "points": "encoder_points",
            "regressor": "regressor_default"}
+LANDMARKS = "landmarks_default"
+"""The shipped landmark assets of the shipped head (``model/weights/landmarks_default.npz``)."""
 DEFAULT_FOCAL_FACTOR = 2.4
 """Assumed focal length of a crop of unknown camera, in crop sides (module docstring)."""
 
@@ -57,6 +60,9 @@ class Models:
     point_encoder: GeometryEncoder
     regressor: Regressor
     head_path: str = "default"
+    landmarks: Optional[LandmarkAssets] = None
+    """Landmark embedding and identity map of this head (:mod:`model.landmarks`); the landmark tracker needs
+    them (``nphm-train landmarks`` builds them for another head)."""
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,15 +80,22 @@ class Models:
     @classmethod
     def load(cls, head: Optional[PathLike] = None, normal_encoder: Optional[PathLike] = None,
              point_encoder: Optional[PathLike] = None, regressor: Optional[PathLike] = None,
-             device: str | torch.device = "cpu") -> "Models":
-        """Load the four checkpoints; ``None`` takes the shipped default of each (``WEIGHTS``)."""
+             device: str | torch.device = "cpu", landmarks: Optional[PathLike] = None) -> "Models":
+        """Load the four checkpoints and the landmark assets; ``None`` takes the shipped default of each
+        (``WEIGHTS``, ``LANDMARKS``); with another head and no ``landmarks``, there are none."""
         head_path = Path(head) if head is not None else default_weights(WEIGHTS["head"])
         layer, codes, meta = load_checkpoint(head_path)
         enc_n, _ = load_encoder(normal_encoder if normal_encoder is not None else default_weights(WEIGHTS["normals"]))
         enc_p, _ = load_encoder(point_encoder if point_encoder is not None else default_weights(WEIGHTS["points"]))
         reg, _ = load_regressor(regressor if regressor is not None else default_weights(WEIGHTS["regressor"]))
+        if landmarks is not None:
+            assets = load_landmark_assets(landmarks)
+        elif head is None:
+            assets = load_landmark_assets(default_weights(LANDMARKS, ".npz"))
+        else:
+            assets = None
         models = cls(layer=layer, codes=codes, head_meta=meta, normal_encoder=enc_n, point_encoder=enc_p,
-                     regressor=reg, head_path="default" if head is None else str(head))
+                     regressor=reg, head_path="default" if head is None else str(head), landmarks=assets)
         return models.to(device)
 
     def to(self, device: str | torch.device) -> "Models":

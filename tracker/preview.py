@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -403,6 +403,17 @@ def overlay_text(frame_rgb: Any, text: str, color: tuple[int, int, int] = (255, 
     return out
 
 
+def draw_points(frame_rgb: Any, points: Any, color: tuple[int, int, int], radius: int = 1) -> np.ndarray:
+    """Dots at pixels ``[N, 2]`` (centres at integers; NaN rows skipped) on a copy of a uint8 frame."""
+    import cv2
+
+    out = np.ascontiguousarray(_check_frame(frame_rgb, "frame_rgb")).copy()
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    for x, y in np.round(pts[np.isfinite(pts).all(1)]).astype(int):
+        cv2.circle(out, (int(x), int(y)), radius, tuple(int(c) for c in color), -1, cv2.LINE_AA)
+    return out
+
+
 def status_label(index: int, status: str) -> tuple[str, tuple[int, int, int]]:
     """Text and colour of the label of frame ``index`` (0-based) in tracking state ``status``.
 
@@ -530,16 +541,19 @@ class PreviewWriter:
         self.n_frames += 1
 
     def write_mesh(self, frame_rgb: Any, vertices_cam: Any, faces: Any, K: Any, index: int | None = None,
-                   status: str | None = None) -> None:
+                   status: str | None = None, points: Sequence[tuple[Any, tuple[int, int, int]]] = ()) -> None:
         """Draw a mesh over the frame (:func:`render_overlay` with the config's alpha and colour) and write it.
 
         ``vertices_cam`` ``[V, 3]`` (camera space, OpenCV), ``faces`` ``[F, 3]`` (counter-clockwise seen from
         outside), ``K`` ``[3, 3]`` in this frame's pixels; ``vertices_cam=None`` writes the plain frame (a
-        frame without a tracked mesh).
+        frame without a tracked mesh). ``points``: ``(pixels [N, 2], RGB colour)`` pairs drawn as dots on top
+        (the tracker draws the detected and the fitted landmarks).
         """
         overlay = None
         if vertices_cam is not None:
             overlay = render_overlay(frame_rgb, vertices_cam, faces, K, self.config.alpha, self.config.color)
+            for pts, color in points:
+                overlay = draw_points(overlay, pts, color)
         self.write(frame_rgb, overlay, index, status)
 
     def _open(self, height: int, width: int) -> None:

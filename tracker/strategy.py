@@ -40,6 +40,7 @@ class FrameSolution:
     loss: float = math.nan
     steps: int = 0
     payload: Any = None  # carried along untouched (the pipeline keeps the frame image here for the preview)
+    detections: Optional[np.ndarray] = None  # [L, 2] the detector's landmarks (frame pixels), when any
 
 
 # --- the fixed-lag smoother ------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def smooth_window(window: list[FrameSolution], centre: int, sigma: float) -> Fra
     t = (w[:, None] * poses[:, 3:]).sum(0)
     pose = torch.cat([matrix_to_axis_angle(R), t])
     return FrameSolution(sol.index, sol.time_s, sol.status, z_ex, pose, sol.K, sol.crop_to_frame, sol.confidence,
-                         sol.loss, sol.steps, sol.payload)
+                         sol.loss, sol.steps, sol.payload, sol.detections)
 
 
 class FixedLagSmoother:

@@ -26,6 +26,18 @@ Schema (a standard uncompressed ``.npz``, read with ``numpy.load(allow_pickle=Fa
     head            str       []          head checkpoint path, or "default" (model/weights/head_default.pt)
     meta            str       []          JSON object: anything else (configs, versions, timings)
 
+Optional arrays, written by the landmark tracker (the default; absent for ``--evidence maps``), for users to
+compare with their own detectors (frame pixels, pixel centres at integers, NaN on gap rows)::
+
+    landmarks_px    float32   [T, 478, 2] the fitted head's MediaPipe Face Mesh landmarks (the embedding of
+                                          model/weights/landmarks_default.npz), after smoothing
+    landmarks68_px  float32   [T, 68, 2]  the fitted head's iBUG-68 landmarks (Multi-PIE order, ICT's
+                                          ``landmarks_multipie68`` vertices)
+    detections_px   float32   [T, 478, 2] the detector's raw landmarks (MediaPipe Face Mesh, refined irises)
+    K_frame         float32   [3, 3]      frame intrinsics the landmarks are fitted with (focal length
+                                          estimated over the identity keyframes); with the landmark tracker
+                                          ``K`` is this matrix on every row and ``crop_to_frame`` the identity
+
 Gap rows carry no measurement: their ``z_ex``, ``pose``, ``K`` and ``crop_to_frame`` may be NaN and must
 not be used (:func:`hold_over_gaps` fills them from the nearest earlier usable row). Every other row must be
 finite.
@@ -75,6 +87,10 @@ class Track:
     frame_size: tuple[int, int]  # (W, H) pixels
     head: str = "default"
     meta: dict[str, Any] = field(default_factory=dict)
+    landmarks_px: np.ndarray | None = None  # [T, 478, 2] float32, optional
+    landmarks68_px: np.ndarray | None = None  # [T, 68, 2] float32, optional
+    detections_px: np.ndarray | None = None  # [T, 478, 2] float32, optional
+    K_frame: np.ndarray | None = None  # [3, 3] float32, optional
 
     def __post_init__(self) -> None:
         self.z_id = np.asarray(self.z_id, dtype=np.float32)
@@ -119,6 +135,17 @@ class Track:
         self.source, self.head = str(self.source), str(self.head)
         if not isinstance(self.meta, dict):
             raise InputError(f"Track: meta must be a dict, got {type(self.meta).__name__}")
+        for name in OPTIONAL_KEYS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            arr = np.asarray(value, dtype=np.float32)
+            if name == "K_frame":
+                if arr.shape != (3, 3):
+                    raise InputError(f"Track: K_frame must be [3, 3], got {list(arr.shape)}")
+            elif arr.ndim != 3 or arr.shape[0] != T or arr.shape[2] != 2:
+                raise InputError(f"Track: {name} must be [T, L, 2] = [{T}, L, 2], got {list(arr.shape)}")
+            setattr(self, name, arr)
 
     @property
     def n_frames(self) -> int:
@@ -171,6 +198,7 @@ def save_track(path: PathLike, track: Track) -> Path:
         "source": np.array(track.source), "frame_size": np.array(track.frame_size, np.int64),
         "head": np.array(track.head), "meta": np.array(_meta_json(track.meta)),
     }
+    arrays.update({k: getattr(track, k) for k in OPTIONAL_KEYS if getattr(track, k) is not None})
     tmp = temp_name(path)
     try:
         with open(tmp, "xb") as f:
@@ -193,6 +221,7 @@ def _meta_json(meta: dict[str, Any]) -> str:
 
 _KEYS = ("z_id", "z_ex", "pose", "K", "crop_to_frame", "frame_index", "time_s", "status", "confidence", "fps",
          "source", "frame_size", "head", "meta")
+OPTIONAL_KEYS = ("landmarks_px", "landmarks68_px", "detections_px", "K_frame")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -241,6 +270,6 @@ def load_track(path: PathLike) -> Track:
                      crop_to_frame=data["crop_to_frame"], frame_index=data["frame_index"],
                      time_s=data["time_s"], status=data["status"], confidence=data["confidence"],
                      fps=float(data["fps"]), source=str(data["source"]), frame_size=tuple(data["frame_size"]),
-                     head=str(data["head"]), meta=meta)
+                     head=str(data["head"]), meta=meta, **{k: data[k] for k in OPTIONAL_KEYS if k in data})
     except (InputError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: {exc}") from None

@@ -192,7 +192,7 @@ def test_overlay_text_draws_in_the_corner_only():
     frame = np.full((128, 160, 3), 200, np.uint8)
     out = overlay_text(frame, "   12 tracked", (90, 220, 90))
     changed = np.any(out != frame, axis=2)
-    assert changed[:20, :100].mean() > 0.5
+    assert changed[:10, :40].mean() > 0.9  # the darkened box behind the text (its size varies by OpenCV version)
     assert not changed[40:].any() and (frame == 200).all()
 
 

@@ -1,0 +1,174 @@
+"""The landmark tracker against the constant mean head and the map tracker on held-out synthetic videos.
+
+Methods, on the same frames of each video (``nphm-train data videos`` output with ground truth):
+
+- ``mean-head``: no tracking at all: the head model's mean identity code and mean neutral expression on
+  every frame (the no-tracking reference);
+- ``maps``: :func:`tracker.pipeline.track_video` with ``evidence="maps"`` (the geometric encoders; the
+  tracker before the landmarks);
+- ``landmarks``: the default tracker (MediaPipe Face Mesh landmarks).
+
+Metrics (mm unless said otherwise):
+
+- ``posed_chamfer_l1_mm``: every ``--every``-th frame, the mesh of the frame's codes against the ground-truth
+  ICT head of that frame over the face area, after a per-frame similarity ICP (``nphm-train
+  eval-single-view``'s protocol);
+- ``neutral_chamfer_l1_mm``: the tracked identity at the neutral expression against the true neutral head;
+- ``rotation_error_deg``, ``distance_ratio``: the model-to-camera pose against the truth (the ratio of the
+  estimated to the true camera distance; 1 is right);
+- ``focal_ratio``: estimated / true focal length (the landmark tracker estimates it);
+- ``landmark2d_error_pct``: the track file's fitted iBUG-68 landmarks (``landmarks68_px``) against the
+  ground-truth projected ones, visible points only, in % of the true outer-eye-corner distance;
+- ``jitter_mm`` and ``jitter_ratio``: mean norm of the second difference of the 68 landmark trajectories in
+  the head frame (each method's own iBUG-68 canonical points posed by each frame's expression), and its
+  ratio to the ground truth's (its true motion).
+
+Prints one JSON line. Example (the README's figures)::
+
+    nphm-train data videos --out data/videos_lm -n 3 --frames 100 --res 512 --seed 9200 --yaw 40
+    python tests/benchmarks/bench_landmark_tracker.py --videos data/videos_lm --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from model.landmarks import posed_landmarks  # noqa: E402
+from tests.benchmarks.bench_tracker import jitter_mm, pose_error  # noqa: E402
+from train import frame  # noqa: E402
+from train.geometry import surface_topology  # noqa: E402
+from train.ict import default_ict_path, load_ict  # noqa: E402
+from train.metrics import MM_PER_UNIT  # noqa: E402
+from train.single_view_eval import evaluate_reconstruction, extract_head, ground_truth_surface  # noqa: E402
+from tracker.pipeline import TrackConfig, track_video  # noqa: E402
+from tracker.predict import Models  # noqa: E402
+
+METHODS = ("mean-head", "maps", "landmarks")
+
+
+def ibug_trajectories(models: Models, z_id: torch.Tensor, z_ex: np.ndarray) -> np.ndarray:
+    """``[T, 68, 3]`` head-frame iBUG-68 landmarks of one identity ``[1, D]`` posed by expressions ``[T, D]``."""
+    lmap, n_mp = models.landmarks.landmark_map, len(models.landmarks.mediapipe)
+    canonical = lmap(z_id)[:, n_mp:]  # [1, 68, 3]
+    out = []
+    x = None
+    with torch.no_grad():
+        for z in z_ex:
+            inv = posed_landmarks(models.layer, canonical, z_id, torch.as_tensor(z, dtype=torch.float32)[None], x,
+                                  max_iter=50)
+            x = inv.x
+            out.append(x[0].numpy())
+    return np.stack(out)
+
+
+def chamfer(models: Models, kit, topo, z_id, z_ex, w_id, w_ex, args) -> float:
+    gt, region = ground_truth_surface(kit, topo, w_id, w_ex)
+    mesh = extract_head(models.layer, z_id, torch.as_tensor(z_ex, dtype=torch.float32)[None], models.bbox,
+                        args.resolution)
+    return evaluate_reconstruction(mesh.vertices, mesh.faces, gt.vertices, gt.triangles, region,
+                                   n_samples=args.samples).chamfer.chamfer_l1_mm
+
+
+def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
+    gt = np.load(video.with_suffix("").with_suffix(".gt.npz"))
+    n = min(args.frames, len(gt["w_ex"]))
+    neutral = models.neutral_expression()
+    mean_id = models.codes["z_id"].mean(0, keepdim=True)
+    tracks, out = {}, {"video": video.name, "frames": n, "methods": {}}
+    for method in [m for m in args.methods if m != "mean-head"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrackConfig(evidence=method, max_frames=n)
+            res = track_video(video, Path(tmp) / "anim.npz", cfg, models=models, progress=False)
+        tracks[method] = res.track
+        out["methods"][method] = {"fps": round(res.fps, 3),
+                                  "stage_seconds": {k: round(v, 2) for k, v in res.stage_seconds.items()},
+                                  "tracked": res.tracked, "gaps": res.gaps}
+    gt_lm = np.stack([frame.ict_to_model(kit.vertices(gt["w_id"], gt["w_ex"][i])[kit.landmarks68])
+                      for i in range(n)])
+    out["jitter_gt_mm"] = jitter_mm(gt_lm)
+    eye = np.linalg.norm(gt["landmarks2d"][:n, 36] - gt["landmarks2d"][:n, 45], axis=-1)  # [T] px
+    zero_ex = np.zeros_like(gt["w_ex"][0])
+    for method in args.methods:
+        m = out["methods"].setdefault(method, {})
+        if method == "mean-head":
+            z_id, z_ex, usable = mean_id, np.repeat(neutral.numpy(), n, 0), np.ones(n, bool)
+        else:
+            track = tracks[method]
+            z_id, z_ex, usable = torch.from_numpy(track.z_id)[None], track.z_ex[:n], track.status[:n] != "gap"
+        frames = [i for i in range(0, n, args.every) if usable[i]]
+        m["posed_chamfer_l1_mm"] = float(np.mean([chamfer(models, kit, topo, z_id, z_ex[i], gt["w_id"],
+                                                          gt["w_ex"][i], args) for i in frames]))
+        m["neutral_chamfer_l1_mm"] = chamfer(models, kit, topo, z_id, neutral[0].numpy(), gt["w_id"], zero_ex, args)
+        traj = ibug_trajectories(models, z_id, z_ex[usable])
+        m["jitter_mm"] = jitter_mm(traj)
+        m["jitter_ratio"] = m["jitter_mm"] / out["jitter_gt_mm"]
+        if method == "mean-head":
+            continue
+        track = tracks[method]
+        errors = [pose_error(track.pose[i], gt["model_to_camera_R"][i], gt["model_to_camera_t"][i])
+                  for i in range(n) if usable[i]]
+        m["rotation_error_deg"] = float(np.mean([e[0] for e in errors]))
+        m["distance_ratio"] = float(np.mean([e[1] for e in errors]))
+        m["focal_ratio"] = float(np.mean(track.K[:n][usable, 0, 0] * (1 if track.K_frame is not None else 1))
+                                 / gt["K"][0, 0]) if track.K_frame is not None else float("nan")
+        if track.landmarks68_px is not None:
+            vis = gt["landmarks_visible"][:n] & usable[:, None]
+            err = np.linalg.norm(track.landmarks68_px[:n] - gt["landmarks2d"][:n], axis=-1) / eye[:, None]
+            m["landmark2d_error_pct"] = float(err[vis].mean() * 100)
+    out["focal_default_over_true"] = float(1.3 * max(int(gt["width"]), int(gt["height"])) / gt["K"][0, 0])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--videos", type=Path, required=True, help="folder of video_NNNN.mp4 + .gt.npz")
+    ap.add_argument("--max-videos", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=100, help="first N frames of each video are tracked")
+    ap.add_argument("--every", type=int, default=10, help="posed Chamfer on every k-th frame")
+    ap.add_argument("--resolution", type=int, default=96, help="marching cubes of the evaluated meshes")
+    ap.add_argument("--samples", type=int, default=30_000, help="Chamfer samples each way")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    args.methods = [m for m in METHODS if m in args.methods.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kit = load_ict(default_ict_path())
+    topo = surface_topology(kit.triangles, kit.n_vertices)
+    models = Models.load()
+    start = time.perf_counter()
+    videos = sorted(args.videos.glob("video_*.mp4"))[:args.max_videos]
+    if not videos:
+        sys.exit(f"{args.videos}: no video_*.mp4")
+    per_video = [evaluate_video(v, models, kit, topo, args) for v in videos]
+    keys = ("posed_chamfer_l1_mm", "neutral_chamfer_l1_mm", "rotation_error_deg", "distance_ratio", "focal_ratio",
+            "landmark2d_error_pct", "jitter_mm", "jitter_ratio", "fps")
+    summary = {name: {k: round(float(np.nanmean([v["methods"][name][k] for v in per_video])), 4)
+                      for k in keys if k in per_video[0]["methods"][name]} for name in args.methods}
+    ref = summary.get("mean-head")
+    for name in [m for m in args.methods if m != "mean-head" and ref is not None]:
+        for k in ("posed_chamfer_l1_mm", "neutral_chamfer_l1_mm"):
+            summary[name][k.replace("_mm", "_vs_mean_head_pct")] = round(100 * (summary[name][k] / ref[k] - 1), 1)
+    print(json.dumps({
+        "bench": "landmark_tracker", "videos": len(per_video), "frames": args.frames,
+        "threads": torch.get_num_threads(), "summary": summary,
+        "jitter_gt_mm": round(float(np.mean([v["jitter_gt_mm"] for v in per_video])), 4),
+        "focal_default_over_true": round(float(np.mean([v["focal_default_over_true"] for v in per_video])), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - start, 1), "per_video": per_video}))
+
+
+if __name__ == "__main__":
+    main()

