@@ -360,6 +360,36 @@ def landmarks(head_path: str, data_seed: int, identities: int, out_path: str, wo
                f"(mean head {held.get('mean_head_reference_mm', float('nan')):.3f} mm)")
 
 
+@main.command("landmark-regressor")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (landmark_regressor.pt, train_state.pt, samples.pt, config.json); re-running resumes.")
+@click.option("--head", "head_path", type=click.Path(dir_okay=False), default=None, help="Head checkpoint [default: shipped].")
+@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False), default=None,
+              help="Landmark assets .npz [default: shipped].")
+@click.option("--samples", type=click.IntRange(min=64), default=20000, show_default=True,
+              help="Synthetic detections (the head model's own landmarks, projected, with detector-like noise).")
+@click.option("--steps", type=click.IntRange(min=1), default=2500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--noise-scale", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="Detector noise std as a multiple of the landmark assets' per-landmark spread.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@one_line_errors("nphm-train")
+def landmark_regressor(out_dir: str, head_path: str | None, landmarks_path: str | None, samples: int, steps: int,
+                       batch_size: int, lr: float, noise_scale: float, seed: int, threads: int) -> None:
+    """Train the feed-forward landmark regressor (detections -> identity and expression coordinates) on
+    synthetic detections; see train/landmark_regressor_training.py. Not used by the tracker yet."""
+    from train.landmark_regressor_training import (LandmarkRegressorTrainConfig, SyntheticConfig,
+                                                   train_landmark_regressor)
+
+    cfg = LandmarkRegressorTrainConfig(head_path=head_path, landmarks_path=landmarks_path, n_samples=samples,
+                                       steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                                       data=SyntheticConfig(noise_scale=noise_scale))
+    s = train_landmark_regressor(cfg, out_dir)
+    click.echo(f"{out_dir}/landmark_regressor.pt: {s['steps']} steps, {s['samples']} samples, last {s['last']}")
+
+
 @main.command("ship")
 @click.argument("src", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", "dst", required=True, type=click.Path(dir_okay=False),
