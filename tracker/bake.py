@@ -65,6 +65,8 @@ class Baker:
         bbox_min, bbox_max: marching-cubes box corners, model units (:func:`head_bbox`).
         resolution: marching-cubes resolution (grid points per box side).
         max_iter: most inversion iterations per frame (warm-started, 20 is plenty at video frame rates).
+        tol: inversion tolerance, model units (1e-4 = 0.025 mm; against 1e-5, 30 % faster on the example
+            track with vertices at most 0.14 mm apart).
 
     :meth:`vertices` is stateful: each call starts from the previous call's solution and its inverse
     Jacobians (Broyden), so call it in frame order (or :meth:`reset` after a jump). Vertices are in model
@@ -72,7 +74,7 @@ class Baker:
     """
 
     def __init__(self, layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
-                 bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20) -> None:
+                 bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20, tol: float = 1e-4) -> None:
         if z_id.dim() != 2 or len(z_id) != 1:
             raise InputError(f"z_id must be [1, D_id], got {list(z_id.shape)}")
         if z_neutral.dim() != 2 or len(z_neutral) != 1:
@@ -80,6 +82,7 @@ class Baker:
         self.layer = layer
         self.z_id = z_id.detach().float()  # [1, D_id]
         self.max_iter = int(max_iter)
+        self.tol = float(tol)
         with torch.no_grad():
             self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
                                                   resolution)
@@ -109,7 +112,8 @@ class Baker:
             raise InputError(f"z_ex must be [1, D_ex], got {list(z_ex.shape)}")
         with torch.no_grad():
             res = self.topology.posed_vertices(self.layer, self.z_id, z_ex.detach().float(), x_init=self._x_prev,
-                                               max_iter=self.max_iter, inv_jacobian_init=self._inv_prev)
+                                               max_iter=self.max_iter, tol=self.tol,
+                                               inv_jacobian_init=self._inv_prev)
         self._x_prev, self._inv_prev = res.x, res.inv_jacobian  # [1, V, 3], [1, V, 3, 3]
         self.frames += 1
         self.unconverged += int((~res.converged).sum())

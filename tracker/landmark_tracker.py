@@ -33,7 +33,7 @@ from model.landmarks import REGIONS, LandmarkAssets
 from tracker.landmark_fit import (FrameState, LandmarkRig, LandmarkStage, Observation, Shared, fit,
                                   frame_stages, identity_stages, newton_refine, project, select_keyframes,
                                   start_stages, start_state)
-from tracker.strategy import FixedLagSmoother, FrameSolution
+from tracker.strategy import FixedLagSmoother, FrameSolution, repeat_as_gap
 
 FRAME_AFFINE = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 """``crop_to_frame`` of a landmark-tracked frame: its camera is the frame's own."""
@@ -166,11 +166,9 @@ class LandmarkTracker:
     def hold(self, item: Any) -> FrameSolution:
         """No landmarks: the previous solution repeated as a gap (confidence 0)."""
         self.gap_frames += 1
-        prev, crop = self.previous_solution, item.crop
-        if prev is None:
+        if self.previous_solution is None:
             raise InputError("a gap before the first tracked frame")
-        return FrameSolution(crop.index, crop.time_s, "gap", prev.z_ex, prev.pose, prev.K, prev.crop_to_frame, 0.0,
-                             payload=item.frame)
+        return repeat_as_gap(self.previous_solution, item.crop.index, item.crop.time_s, item.frame)
 
     def solve(self, item: Any) -> FrameSolution:
         crop = item.crop

@@ -46,7 +46,7 @@ from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
 from tracker.landmark_tracker import FittedLandmarks, LandmarkStrategy, LandmarkTracker
 from tracker.predict import Models, Prediction, predict, resize_intrinsics, start_topology
-from tracker.strategy import FrameSolution, TrackingStrategy
+from tracker.strategy import FrameSolution, TrackingStrategy, repeat_as_gap
 from tracker.trackfile import Track, save_track
 from tracker.tto import axis_angle_to_matrix, init_pose_from_point_map, optimise, optimise_views
 
@@ -208,9 +208,7 @@ class VideoTracker:
     def hold(self, item: _Pending) -> FrameSolution:
         """A gap: the previous solution repeated, confidence 0."""
         self.gap_frames += 1
-        prev, crop = self.previous, item.crop
-        return FrameSolution(crop.index, crop.time_s, "gap", prev.z_ex, prev.pose, prev.K, prev.crop_to_frame, 0.0,
-                             payload=item.frame)
+        return repeat_as_gap(self.previous, item.crop.index, item.crop.time_s, item.frame)
 
     def solve(self, item: _Pending) -> FrameSolution:
         crop = item.crop

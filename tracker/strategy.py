@@ -43,6 +43,12 @@ class FrameSolution:
     detections: Optional[np.ndarray] = None  # [L, 2] the detector's landmarks (frame pixels), when any
 
 
+def repeat_as_gap(previous: FrameSolution, index: int, time_s: float, payload: Any = None) -> FrameSolution:
+    """A frame without a face: ``previous``'s codes, pose and camera repeated, status ``"gap"``, confidence 0."""
+    return FrameSolution(index, time_s, "gap", previous.z_ex, previous.pose, previous.K, previous.crop_to_frame,
+                         0.0, payload=payload)
+
+
 # --- the fixed-lag smoother ------------------------------------------------------------------------------
 
 def mean_rotation(R: Tensor, w: Tensor) -> Tensor:

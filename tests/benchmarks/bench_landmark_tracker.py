@@ -21,7 +21,7 @@ Metrics (mm unless said otherwise):
   ground-truth projected ones, visible points only, in % of the true outer-eye-corner distance;
 - ``jitter_mm`` and ``jitter_ratio``: mean norm of the second difference of the 68 landmark trajectories in
   the head frame (each method's own iBUG-68 canonical points posed by each frame's expression), and its
-  ratio to the ground truth's (its true motion).
+  ratio to the ground truth's (its true motion; in the summary the ratio of the means over the videos).
 
 Prints one JSON line. Example (the README's figures)::
 
@@ -157,6 +157,9 @@ def main() -> None:
             "landmark2d_error_pct", "jitter_mm", "jitter_ratio", "fps")
     summary = {name: {k: round(float(np.nanmean([v["methods"][name][k] for v in per_video])), 4)
                       for k in keys if k in per_video[0]["methods"][name]} for name in args.methods}
+    gt_jitter = float(np.mean([v["jitter_gt_mm"] for v in per_video]))
+    for name in args.methods:  # ratio of the means: a per-video ratio explodes on a video that hardly moves
+        summary[name]["jitter_ratio"] = round(summary[name]["jitter_mm"] / gt_jitter, 4)
     ref = summary.get("mean-head")
     for name in [m for m in args.methods if m != "mean-head" and ref is not None]:
         for k in ("posed_chamfer_l1_mm", "neutral_chamfer_l1_mm"):

@@ -5,7 +5,7 @@ are compared on the same frames:
 
 - ``feed-forward``: per frame, the regressor's codes (identity and expression per frame);
 - ``cold-tto``: per frame, single-image TTO from the feed-forward codes (``--cold-steps``), no temporal terms;
-- ``tracker``: :func:`tracker.pipeline.track_video` at default settings (one identity, warm-started TTO,
+- ``tracker``: :func:`tracker.pipeline.track_video` with ``evidence="maps"`` (one identity, warm-started TTO,
   fixed-lag smoother).
 
 Metrics (head frame, model space; mm):
@@ -102,7 +102,7 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
     n = min(args.frames, len(gt["w_ex"]))
     # --- the tracker (its own decode; timed end to end)
     with tempfile.TemporaryDirectory() as tmp:
-        res = track_video(video, Path(tmp) / "anim.npz", TrackConfig(), models=models, progress=False)
+        res = track_video(video, Path(tmp) / "anim.npz", TrackConfig(evidence="maps"), models=models, progress=False)
     track = res.track
     z_id_track = torch.from_numpy(track.z_id)[None]
     # --- per-frame feed-forward and cold TTO on the same crops
