@@ -45,6 +45,9 @@ _MODEL_OPTIONS = [
                  help="Point-map encoder checkpoint [default: the shipped one]."),
     click.option("--regressor", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
                  help="Regressor checkpoint [default: the shipped one]."),
+    click.option("--landmarks", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 help="Landmark assets of the head model (`nphm-train landmarks`) [default: the shipped ones, with "
+                      "the shipped head; none with another --head, which then tracks with --evidence maps only]."),
 ]
 
 
@@ -103,7 +106,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
           cpus_per_task: float | None, gpus_per_task: float | None, retries: int | None, decoder: str, device: str,
           tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, evidence: str,
           max_frames: int | None, quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
-          regressor: Path | None) -> None:
+          regressor: Path | None, landmarks: Path | None) -> None:
     """Track SOURCE (a video, a photo, or a folder of videos) into an animated head.
 
     A video is decoded as a stream; MediaPipe Face Mesh finds the face's 478 landmarks in every frame; the
@@ -114,7 +117,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     from tracker.decode import IMAGE_SUFFIXES
 
     weights = {"head": head, "normal_encoder": normal_encoder, "point_encoder": point_encoder,
-               "regressor": regressor}
+               "regressor": regressor, "landmarks": landmarks}
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     if source.is_dir():

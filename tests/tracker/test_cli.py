@@ -26,3 +26,14 @@ def test_a_file_argument_runs_the_track_command():
     res = CliRunner().invoke(main, ["video.mp4", "--out", "anim.usd"])
     assert res.exit_code == 2
     assert res.output.strip() == "nphm-track: error: video.mp4: no such file or folder"
+
+
+def test_bad_landmark_assets_give_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "assets.npz"
+    bad.write_text("not an npz")
+    video = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "synthetic_head" / "video_0000.mp4"
+    res = CliRunner().invoke(main, [str(video), "--out", str(tmp_path / "anim.usd"), "--landmarks", str(bad)])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nphm-track: error:") and "assets.npz" in lines[0]
+    assert not (tmp_path / "anim.usd").exists()
