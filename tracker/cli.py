@@ -85,9 +85,9 @@ def model_options(fn):
               help="Video decoder (decord is an optional extra).")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the networks (cpu, cuda).")
 @click.option("--tto/--no-tto", default=True, show_default=True,
-              help="Image only: refine the feed-forward codes by test-time optimisation.")
+              help="Image with --evidence maps: refine the feed-forward codes by test-time optimisation.")
 @click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Image only: test-time optimisation steps.")
+              help="Image with --evidence maps: test-time optimisation steps.")
 @click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
               help="Marching-cubes resolution of the output mesh.")
 @click.option("--with-pose", is_flag=True, help="Video: export the rigid head motion too (camera frame, Y up).")
@@ -95,7 +95,7 @@ def model_options(fn):
               help="Focal length of the camera in pixels, the start of its estimate over the identity keyframes "
                    "[default: 1.3 x the frame's longer side].")
 @click.option("--evidence", type=click.Choice(["landmarks", "maps"]), default="landmarks", show_default=True,
-              help="Video: what each frame is fitted to: the face's 478 landmarks (MediaPipe Face Mesh), or the "
+              help="Video or photo: what is fitted to: the face's 478 landmarks (MediaPipe Face Mesh), or the "
                    "older geometric encoders' normal and point maps (measured worse; kept for comparison).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help="Video: track only the first N frames (a quick look at a long video).")
@@ -133,9 +133,8 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
 
         check_mesh_target(out)
         res = reconstruct_image(source, out, tto=tto, steps=steps, resolution=resolution,
-                                models=Models.load(device=device, **weights))
-        click.echo(f"wrote {res.out}: {res.n_vertices} vertices, {res.n_faces} faces "
-                   f"(feed-forward {res.fit.seconds_ff:.2f} s, TTO {res.fit.steps} steps {res.fit.seconds_tto:.1f} s)")
+                                models=Models.load(device=device, **weights), evidence=evidence)
+        click.echo(f"wrote {res.out}: {res.n_vertices} vertices, {res.n_faces} faces ({res.describe()})")
         return
     from tracker.pipeline import TrackConfig, track_video
 

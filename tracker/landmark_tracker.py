@@ -213,3 +213,45 @@ def _rotation(pose: torch.Tensor) -> torch.Tensor:
     from tracker.tto import axis_angle_to_matrix
 
     return axis_angle_to_matrix(pose[:3].float())
+
+
+# --- one photo -------------------------------------------------------------------------------------------
+
+@dataclass
+class PhotoFit:
+    """Codes and pose of one photo fitted to its landmarks (:func:`fit_photo`)."""
+
+    z_id: torch.Tensor  # [1, D_id]
+    z_ex: torch.Tensor  # [1, D_ex]
+    pose: torch.Tensor  # [6] model -> camera (rotvec radians, t model units), the photo's camera
+    K: np.ndarray  # [3, 3] the assumed intrinsics (frame pixels)
+    detections: np.ndarray  # [478, 2] the detector's landmarks, pixels
+    cost: float
+    iterations: int
+    seconds: float
+
+
+def fit_photo(layer: Any, codes: dict, assets: LandmarkAssets, image: np.ndarray, K: np.ndarray,
+              strategy: Optional[LandmarkStrategy] = None, detector: Any = None, source: str = "image") -> PhotoFit:
+    """Identity, expression and pose of the face in one RGB image ``[H, W, 3]`` uint8 from its landmarks:
+    PnP, then the identity stages of ``strategy`` without the focal length (one view cannot tell it from the
+    distance), with intrinsics ``K [3, 3]``. :class:`InputError` naming ``source`` when no face is found."""
+    from dataclasses import replace
+
+    from tracker.detect import FaceMeshConfig
+
+    start = time.perf_counter()
+    strategy = strategy or LandmarkStrategy()
+    detector = detector or FaceMeshConfig(static_image_mode=True).setup()
+    found = detector.detect(image)
+    if found is None:
+        raise InputError(f"{source}: no face found")
+    rig = build_rig(layer, codes, assets, strategy)
+    obs = Observation(torch.as_tensor(found.points[:rig.n_fit], dtype=torch.float32))
+    shared = Shared(alpha=torch.zeros(rig.landmark_map.rank), phi=torch.tensor(0.0),
+                    K0=torch.as_tensor(K, dtype=torch.float32))
+    stages = [replace(s, params=tuple(p for p in s.params if p != "focal")) for s in strategy.identity_stages]
+    shared, (state,), report = fit(rig, [obs], shared, [start_state(rig, shared, obs)], stages)
+    return PhotoFit(z_id=rig.z_id(shared.alpha)[None], z_ex=rig.z_ex(state.beta)[None], pose=state.pose,
+                    K=np.asarray(K, dtype=np.float64), detections=found.points, cost=report.cost,
+                    iterations=report.iterations, seconds=time.perf_counter() - start)

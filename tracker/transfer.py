@@ -39,9 +39,11 @@ def transfer_expressions(source_track: Track | str | os.PathLike, target: Track 
         source_track: the track (or track file) whose expression sequence, pose, cameras, timing, status
             and confidence are kept.
         target: whose identity ``z_id`` is used: a :class:`~tracker.trackfile.Track`, a track file, or an
-            image (``.jpg .jpeg .png .bmp .webp .tif .tiff``) of a face, which is detected and cropped by the
-            tracker's front end (:class:`tracker.crop.CropConfig`) and fitted by
-            :func:`tracker.predict.fit_image` (camera unknown: the default crop intrinsics).
+            image (``.jpg .jpeg .png .bmp .webp .tif .tiff``) of a face: its landmarks are fitted by
+            :func:`tracker.landmark_tracker.fit_photo` when the models have landmark assets and no
+            ``crop_config``/``detector`` is given; otherwise it is cropped by the tracker's front end
+            (:class:`tracker.crop.CropConfig`) and fitted by :func:`tracker.predict.fit_image` (the encoder
+            path; camera unknown: the default crop intrinsics).
         out_track_path: when given, the result is also written there (:func:`~tracker.trackfile.save_track`).
         models: image target only: a loaded :class:`tracker.predict.Models`; default ``Models.load`` with
             the source track's head.
@@ -88,6 +90,16 @@ def _identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_con
     elif not same_head(models.head_path, head):
         raise InputError(f"{path}: the models use head {models.head_path!r} but the source track was made with "
                          f"{head!r}: codes of different head models cannot be mixed")
+    if detector is None and crop_config is None and getattr(models, "landmarks", None) is not None:
+        from tracker.decode import open_video
+        from tracker.landmark_tracker import fit_photo
+        from tracker.pipeline import TrackConfig, frame_intrinsics
+
+        with open_video(path) as stream:  # the landmark fit, as `nphm-track face.jpg`
+            frame = next(iter(stream))
+            K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
+        fit = fit_photo(models.layer, models.codes, models.landmarks, frame.image, K_frame, source=str(path))
+        return fit.z_id[0].detach().cpu().numpy().astype(np.float32), str(path)
     from tracker.single_image import crop_image
 
     crop, K = crop_image(path, crop_config, detector)
