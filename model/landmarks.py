@@ -167,7 +167,7 @@ class LandmarkMap(nn.Module):
     def forward(self, z_id: Tensor) -> Tensor:
         if z_id.shape[-1] != self.basis.shape[1]:
             raise InputError(f"z_id must be [..., {self.basis.shape[1]}], got {tuple(z_id.shape)}")
-        return self.y0 + torch.einsum("...r,rlc->...lc", (z_id - self.z0) @ self.basis.T, self.B)
+        return self.from_coordinates(self.coordinates(z_id))
 
 
 # --- assets ----------------------------------------------------------------------------------------------

@@ -250,7 +250,12 @@ def project(cam: Tensor, K: Tensor) -> Tensor:
 def newton_refine(rig: LandmarkRig, canonical: Tensor, z_id: Tensor, z_ex: Tensor, x: Optional[Tensor],
                   steps: int = 2) -> tuple[Tensor, Tensor]:
     """Posed landmarks ``[L, 3]`` for canonical ``[L, 3]`` and codes ``[D]`` by ``steps`` Newton steps of the
-    inversion from ``x`` (default: the canonical points), with the exact inverse Jacobian ``[L, 3, 3]``."""
+    inversion from ``x`` (default: the canonical points), with the exact inverse Jacobian ``[L, 3, 3]``.
+
+    :func:`model.topology.invert_deformation` (``method="newton"``) solves the same equation to a tolerance;
+    this fixed-step variant is the per-frame hot path: its Jacobians come in the same forward pass
+    (``deform_with_jacobian``, forward mode) instead of three backward passes, and the LM needs the exact
+    inverse Jacobian at the returned point, not at the one before the last step."""
     with torch.no_grad():
         x = canonical.clone() if x is None else x.clone()
         zi, ze = z_id[None], z_ex[None]
@@ -258,12 +263,12 @@ def newton_refine(rig: LandmarkRig, canonical: Tensor, z_id: Tensor, z_ex: Tenso
         r = x + out.offsets[0] - canonical
         for _ in range(steps):
             step = -(torch.linalg.inv(torch.eye(3, dtype=x.dtype) + jac[0]) @ r.unsqueeze(-1)).squeeze(-1)
-            for _ in range(4):  # backtracking: a point whose residual grows takes half the step
+            for attempt in range(4):  # backtracking: a point whose residual grows takes half the step
                 out_new, jac_new = rig.layer.deform_with_jacobian((x + step)[None], zi, ze)
                 r_new = x + step + out_new.offsets[0] - canonical
                 worse = r_new.norm(dim=-1) > r.norm(dim=-1)
-                if not bool(worse.any()):
-                    break
+                if attempt == 3 or not bool(worse.any()):
+                    break  # r_new and jac_new belong to x + step
                 step = torch.where(worse[:, None], 0.5 * step, step)
             x, r, jac = x + step, r_new, jac_new
         return x, torch.linalg.inv(torch.eye(3, dtype=x.dtype) + jac[0])
@@ -532,13 +537,13 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
     canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
     for st in states:
         st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=2 if st.x is None else 1)
+    lids = [lid_targets(rig, o.points) for o in observations]  # depend on the detections only
     for stage in stages:
         layout = _Layout(stage, rig.landmark_map.rank, rig.expression_dims)
         lam = stage.damping
         costs: list[float] = []
         for _ in range(stage.iterations):
             robust = [_huber_weights(rig, o, shared, s, stage.huber) for o, s in zip(observations, states)]
-            lids = [lid_targets(rig, o.points) for o in observations]
             p0 = _vector(layout, shared, states)
             n = len(p0)
             blocks, rows = [], []

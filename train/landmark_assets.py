@@ -41,13 +41,13 @@ from model.errors import InputError
 from model.landmarks import (N_MEDIAPIPE, LandmarkAssets, LandmarkEmbedding, LandmarkMap, vertex_embedding)
 from train.camera import ViewSamplerConfig, sample_view
 from train.frame import ict_to_model
+from train.metrics import MM_PER_UNIT
 from train.ict import IctFaceKit
 from train.render import (ICT_EYE_RANGES, ICT_FACE_LAST, _ray_triangle, build_intersector, eye_centres,
                           framing_points, head_vertices, ict_render_mesh, render_head)
 from train.sampler import sample_expression, sample_identity
 from train.shading import AppearanceConfig, sample_appearance, shade
 
-MM_PER_UNIT = 250.0
 IRIS = np.arange(468, 478)
 """MediaPipe's refined iris points (centre + 4 per eye)."""
 

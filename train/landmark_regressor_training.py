@@ -45,10 +45,10 @@ from model.landmark_regressor import (LandmarkRegressor, LandmarkRegressorConfig
                                       spatial_groups)
 from tracker.landmark_fit import LandmarkRig
 from tracker.tto import axis_angle_to_matrix
+from train.metrics import MM_PER_UNIT
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "landmark_regressor.pt"
-MM_PER_UNIT = 250.0
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,8 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
                   for i in range(n) if usable[i]]
         m["rotation_error_deg"] = float(np.mean([e[0] for e in errors]))
         m["distance_ratio"] = float(np.mean([e[1] for e in errors]))
-        m["focal_ratio"] = float(np.mean(track.K[:n][usable, 0, 0] * (1 if track.K_frame is not None else 1))
-                                 / gt["K"][0, 0]) if track.K_frame is not None else float("nan")
+        m["focal_ratio"] = (float(track.K_frame[0, 0] / gt["K"][0, 0]) if track.K_frame is not None
+                            else float("nan"))
         if track.landmarks68_px is not None:
             vis = gt["landmarks_visible"][:n] & usable[:, None]
             err = np.linalg.norm(track.landmarks68_px[:n] - gt["landmarks2d"][:n], axis=-1) / eye[:, None]

@@ -39,8 +39,8 @@ from tracker.landmark_tracker import LandmarkStrategy, build_rig  # noqa: E402
 from tracker.pipeline import TrackConfig, track_video  # noqa: E402
 from tracker.predict import Models  # noqa: E402
 from tracker.tto import axis_angle_to_matrix  # noqa: E402
+from train.metrics import MM_PER_UNIT  # noqa: E402
 
-MM_PER_UNIT = 250.0
 EYE_CORNERS = (33, 263)
 
 
