@@ -25,6 +25,7 @@ from exporters.mdd import MDDWriter
 from exporters.registry import open_writer, writer_class
 from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
+from model.forward_deformation import forward_for_head, forward_posed, posed_start
 from model.head import HeadLayer
 from model.topology import FixedTopology
 from tracker.trackfile import Track, hold_over_gaps, load_track
@@ -67,6 +68,11 @@ class Baker:
         max_iter: most inversion iterations per frame (warm-started, 20 is plenty at video frame rates).
         tol: inversion tolerance, model units (1e-4 = 0.025 mm; against 1e-5, 30 % faster on the example
             track with vertices at most 0.14 mm apart).
+        forward: the head's forward deformation (:mod:`model.forward_deformation`).
+        posing: ``"forward"`` (default with a forward model): the vertices are posed by one pass of it, no
+            inversion; ``"inverse"``: the backward field is inverted per frame, started from the forward
+            prediction when there is one (else warm-started from the previous frame, which keeps an open
+            mouth's lips nearly together: see :mod:`model.forward_deformation`).
 
     :meth:`vertices` is stateful: each call starts from the previous call's solution and its inverse
     Jacobians (Broyden), so call it in frame order (or :meth:`reset` after a jump). Vertices are in model
@@ -74,12 +80,17 @@ class Baker:
     """
 
     def __init__(self, layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
-                 bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20, tol: float = 1e-4) -> None:
+                 bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20, tol: float = 1e-4,
+                 forward: Any = None, posing: str | None = None) -> None:
         if z_id.dim() != 2 or len(z_id) != 1:
             raise InputError(f"z_id must be [1, D_id], got {list(z_id.shape)}")
         if z_neutral.dim() != 2 or len(z_neutral) != 1:
             raise InputError(f"z_neutral must be [1, D_ex], got {list(z_neutral.shape)}")
         self.layer = layer
+        self.forward = forward
+        self.posing = posing or ("forward" if forward is not None else "inverse")
+        if self.posing not in ("forward", "inverse") or (self.posing == "forward" and forward is None):
+            raise InputError(f"Baker: posing must be 'inverse', or 'forward' with a forward model; got {posing!r}")
         self.z_id = z_id.detach().float()  # [1, D_id]
         self.max_iter = int(max_iter)
         self.tol = float(tol)
@@ -111,7 +122,16 @@ class Baker:
         if z_ex.dim() != 2 or len(z_ex) != 1:
             raise InputError(f"z_ex must be [1, D_ex], got {list(z_ex.shape)}")
         with torch.no_grad():
-            res = self.topology.posed_vertices(self.layer, self.z_id, z_ex.detach().float(), x_init=self._x_prev,
+            if self.posing == "forward":
+                x = forward_posed(self.forward, self.layer, self.topology.canonical_vertices[None].float(), self.z_id,
+                                  z_ex.detach().float())
+                self.frames += 1
+                return x[0].cpu().numpy().astype(np.float32)
+            x_init = self._x_prev
+            if self.forward is not None:
+                x_init = posed_start(self.forward, self.layer, self.topology.canonical_vertices[None].float(),
+                                     self.z_id, z_ex.detach().float())
+            res = self.topology.posed_vertices(self.layer, self.z_id, z_ex.detach().float(), x_init=x_init,
                                                max_iter=self.max_iter, tol=self.tol,
                                                inv_jacobian_init=self._inv_prev)
         self._x_prev, self._inv_prev = res.x, res.inv_jacobian  # [1, V, 3], [1, V, 3, 3]
@@ -195,7 +215,7 @@ def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLik
     z_ex = torch.from_numpy(hold_over_gaps(track.z_ex, track.usable))  # [T, D_ex]
     poses = hold_over_gaps(track.pose, track.usable) if with_pose else None  # [T, 6]
     baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, cfg.expr_dim)[None],
-                  *head_bbox(meta), resolution=resolution, max_iter=max_iter)
+                  *head_bbox(meta), resolution=resolution, max_iter=max_iter, forward=forward_for_head(head_path))
     if cls is MDDWriter:
         options.setdefault("n_frames", track.n_frames)
     fps = track.fps if fps is None else fps

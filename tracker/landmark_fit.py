@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from model.errors import InputError
+from model.forward_deformation import forward_posed, posed_start
 from model.landmarks import LandmarkMap, linearised_posed
 from tracker.tto import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -91,16 +92,23 @@ class LandmarkStage:
                 raise InputError(f"LandmarkStage {self.name!r}: {name} must be >= 0, got {getattr(self, name)}")
 
 
+EXPRESSION_HUBER = 0.1
+"""Huber scale (face sizes) of the expression stages. The landmarks an expression moves are the ones far
+from a neutral start, so a small scale (0.03, the default) down-weights exactly them: from exact
+``browInnerUp`` targets the fit recovered 0.28 of the motion at 0.03 and 0.60 at 0.1
+(``tests/benchmarks/bench_expression_capacity.py``); 0.1 face sizes still bounds a gross detector outlier."""
+
+
 def frame_stages() -> list[LandmarkStage]:
     """The per-frame fit: pose and expression, pulled towards the previous frame."""
     return [LandmarkStage("frame", 3, ("pose", "z_ex"), w_temporal_ex=2e-4, w_temporal_rot=2e-3,
-                          w_temporal_t=5e-5)]
+                          w_temporal_t=5e-5, huber=EXPRESSION_HUBER)]
 
 
 def start_stages() -> list[LandmarkStage]:
     """A frame without a previous solution: rigid first, then pose and expression."""
     return [LandmarkStage("rigid", 5, ("pose",)),
-            LandmarkStage("expression", 10, ("pose", "z_ex"), tolerance=1e-6)]
+            LandmarkStage("expression", 10, ("pose", "z_ex"), tolerance=1e-6, huber=EXPRESSION_HUBER)]
 
 
 def identity_stages() -> list[LandmarkStage]:
@@ -125,6 +133,13 @@ class LandmarkRig:
         ex_start: ``[k]`` the start expression (the mean neutral training code) in those coordinates.
         weights: ``[n_fit]`` per-landmark weights (region x embedding spread).
         lid_pairs: ``[P, 2]`` (upper, lower) landmark ids; lid_width: ``[P, 2]`` the eye's corner ids per pair.
+        forward: the head's forward deformation (:mod:`model.forward_deformation`); ``None``: inversions
+            start from the canonical points or the previous frame's solution (the mouth stays nearly shut,
+            see that module).
+        posing: how canonical landmarks are posed: ``"forward"`` (default with a forward model: one pass of
+            it, :func:`model.forward_deformation.forward_posed`; a single answer where lips and lids meet)
+            or ``"inverse"`` (the backward field inverted by Newton, from the forward prediction when there
+            is one; MonoNPHM's way, with several roots at the lips and lids).
     """
 
     layer: Any
@@ -137,10 +152,17 @@ class LandmarkRig:
     lid_pairs: Tensor
     lid_corners: Tensor
     n_fit: int = 478
+    forward: Any = None
+    posing: str = "inverse"
+
+    @property
+    def forward_posing(self) -> bool:
+        return self.posing == "forward" and self.forward is not None
 
     @classmethod
     def build(cls, layer: Any, codes: dict[str, Tensor], landmark_map: LandmarkMap, weights: np.ndarray,
-              lid_pairs: np.ndarray, lid_corners: np.ndarray, expression_dims: int = 32) -> "LandmarkRig":
+              lid_pairs: np.ndarray, lid_corners: np.ndarray, expression_dims: int = 32, forward: Any = None,
+              posing: Optional[str] = None) -> "LandmarkRig":
         """From a head model with training code tables (``z_ex``, ``is_neutral``)."""
         if "z_ex" not in codes:
             raise InputError("the landmark tracker needs the head model's training expression codes (a head "
@@ -156,7 +178,8 @@ class LandmarkRig:
         return cls(layer=layer, landmark_map=landmark_map, ex_mean=mean.to(f), ex_basis=basis.to(f),
                    ex_scale=scale.to(f), ex_start=(((start - mean) @ basis.T) / scale).to(f),
                    weights=torch.as_tensor(weights, dtype=f), lid_pairs=torch.as_tensor(lid_pairs).long(),
-                   lid_corners=torch.as_tensor(lid_corners).long(), n_fit=len(weights))
+                   lid_corners=torch.as_tensor(lid_corners).long(), n_fit=len(weights), forward=forward,
+                   posing=posing or ("forward" if forward is not None else "inverse"))
 
     @property
     def expression_dims(self) -> int:
@@ -247,22 +270,41 @@ def project(cam: Tensor, K: Tensor) -> Tensor:
 
 # --- posing and projection -------------------------------------------------------------------------------
 
+MAX_NEWTON_STEP = 0.02
+"""Longest Newton step of one landmark in the inversion, model units (5 mm): near a fold of the backward
+field (the lips or lids meeting) a full step can jump to another root far away."""
+
+
+NEWTON_TOL = 1e-5
+"""Residual (model units, 2.5 micrometres) at which :func:`newton_refine` stops early."""
+FORWARD_NEWTON_STEPS = 8
+"""Most Newton steps from the forward model's start (it stops early once every landmark converged)."""
+
+
 def newton_refine(rig: LandmarkRig, canonical: Tensor, z_id: Tensor, z_ex: Tensor, x: Optional[Tensor],
                   steps: int = 2) -> tuple[Tensor, Tensor]:
-    """Posed landmarks ``[L, 3]`` for canonical ``[L, 3]`` and codes ``[D]`` by ``steps`` Newton steps of the
-    inversion from ``x`` (default: the canonical points), with the exact inverse Jacobian ``[L, 3, 3]``.
+    """Posed landmarks ``[L, 3]`` for canonical ``[L, 3]`` and codes ``[D]`` by at most ``steps`` Newton steps
+    of the inversion from ``x`` (default: the rig's forward prediction, or the canonical points without one),
+    with the exact inverse Jacobian ``[L, 3, 3]``; it stops early when every residual is below
+    :data:`NEWTON_TOL`.
 
     :func:`model.topology.invert_deformation` (``method="newton"``) solves the same equation to a tolerance;
     this fixed-step variant is the per-frame hot path: its Jacobians come in the same forward pass
     (``deform_with_jacobian``, forward mode) instead of three backward passes, and the LM needs the exact
     inverse Jacobian at the returned point, not at the one before the last step."""
     with torch.no_grad():
-        x = canonical.clone() if x is None else x.clone()
         zi, ze = z_id[None], z_ex[None]
+        if rig.forward_posing:  # no inversion: the forward pass is the posing (inverse Jacobian unused)
+            return forward_posed(rig.forward, rig.layer, canonical[None], zi, ze)[0], None
+        x = posed_start(rig.forward, rig.layer, canonical[None], zi, ze)[0] if x is None else x.clone()
         out, jac = rig.layer.deform_with_jacobian(x[None], zi, ze)
         r = x + out.offsets[0] - canonical
         for _ in range(steps):
+            if float(r.norm(dim=-1).max()) < NEWTON_TOL:
+                break
             step = -(torch.linalg.inv(torch.eye(3, dtype=x.dtype) + jac[0]) @ r.unsqueeze(-1)).squeeze(-1)
+            length = step.norm(dim=-1, keepdim=True)
+            step = step * (MAX_NEWTON_STEP / length.clamp_min(MAX_NEWTON_STEP))  # trust radius
             for attempt in range(4):  # backtracking: a point whose residual grows takes half the step
                 out_new, jac_new = rig.layer.deform_with_jacobian((x + step)[None], zi, ze)
                 r_new = x + step + out_new.offsets[0] - canonical
@@ -323,27 +365,39 @@ class _Layout:
         return out
 
 
+def condition_directions(rig: LandmarkRig, alpha: Tensor, with_alpha: bool, with_beta: bool) -> list[Tensor]:
+    """Tangents of the deformation's conditioning vector ``[compressed id, z_ex]``: ``[r, C]`` along the
+    identity coordinates ``alpha`` (through the compressor and the anchors) and ``[k, C]`` along the
+    expression coordinates, in that order, for the blocks asked for."""
+    layer = rig.layer
+    deformation = layer.deformation
+    n_comp, d_ex = deformation.compressor.out_features, rig.ex_basis.shape[1]
+    dirs = []
+    if with_alpha:
+        def compressed(a: Tensor) -> Tensor:
+            z = rig.z_id(a)[None]
+            return deformation.compressor(torch.cat([z, layer.anchors(z).flatten(-2)], -1))[0]
+
+        dcomp = torch.func.jacfwd(compressed)(alpha)  # [n_comp, r]
+        dirs.append(torch.cat([dcomp.T, torch.zeros(len(alpha), d_ex)], 1))
+    if with_beta:
+        dirs.append(torch.cat([torch.zeros(rig.expression_dims, n_comp), rig.ex_scale[:, None] * rig.ex_basis], 1))
+    return dirs
+
+
 def posed_tangents(rig: LandmarkRig, alpha: Tensor, state: FrameState, with_alpha: bool, with_beta: bool
                    ) -> tuple[Tensor, Tensor]:
     """The posed landmarks ``x0 [L, 3]`` at the current codes (one Newton step from ``state.x``) and their
     derivatives ``G [L, 3, T]`` with respect to ``alpha`` (first ``r`` columns, when ``with_alpha``) and
     ``beta`` (next ``k``, when ``with_beta``), by forward-mode tangents through the deformation network
     (:meth:`model.head.DeformationMLP.forward_with_cond_tangents`) and the implicit function theorem."""
+    if rig.forward_posing:
+        return forward_tangents(rig, alpha, state.beta, with_alpha, with_beta)
     layer, lmap = rig.layer, rig.landmark_map
     deformation = layer.deformation
     with torch.no_grad():
         z_id, z_ex = rig.z_id(alpha)[None], rig.z_ex(state.beta)[None]
-        n_comp = deformation.compressor.out_features
-        dirs = []
-        if with_alpha:
-            def compressed(a: Tensor) -> Tensor:
-                z = rig.z_id(a)[None]
-                return deformation.compressor(torch.cat([z, layer.anchors(z).flatten(-2)], -1))[0]
-
-            dcomp = torch.func.jacfwd(compressed)(alpha)  # [n_comp, r]
-            dirs.append(torch.cat([dcomp.T, torch.zeros(len(alpha), z_ex.shape[1])], 1))
-        if with_beta:
-            dirs.append(torch.cat([torch.zeros(rig.expression_dims, n_comp), rig.ex_scale[:, None] * rig.ex_basis], 1))
+        dirs = condition_directions(rig, alpha, with_alpha, with_beta)
         cond = deformation.condition(z_id, z_ex, layer.anchors(z_id))
         canonical = lmap.from_coordinates(alpha)[:rig.n_fit]
         if dirs:
@@ -356,6 +410,31 @@ def posed_tangents(rig: LandmarkRig, alpha: Tensor, state: FrameState, with_alph
             dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit]).permute(1, 2, 0)  # [L, 3, r]
             G[..., :len(alpha)] += state.inv_jac @ dc
     return x0, G
+
+
+def forward_tangents(rig: LandmarkRig, alpha: Tensor, beta: Tensor, with_alpha: bool, with_beta: bool
+                     ) -> tuple[Tensor, Tensor]:
+    """:func:`posed_tangents` for forward posing: ``x [L, 3]`` and ``G [L, 3, T]`` (``alpha`` columns, then
+    ``beta``) of ``x = c(alpha) + forward(c(alpha), cond(alpha, beta))``, by forward-mode tangents through the
+    forward network (:meth:`model.forward_deformation.ForwardDeformation.forward_with_tangents`)."""
+    layer, lmap, fwd = rig.layer, rig.landmark_map, rig.forward
+    deformation = layer.deformation
+    with torch.no_grad():
+        z_id, z_ex = rig.z_id(alpha)[None], rig.z_ex(beta)[None]
+        cond = deformation.condition(z_id, z_ex, layer.anchors(z_id))[0]
+        can = lmap.from_coordinates(alpha)[:rig.n_fit]
+        dirs = condition_directions(rig, alpha, with_alpha, with_beta)
+        cols = []
+        if with_alpha:
+            dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit])  # [r, L, 3]
+            off, t = fwd.forward_with_tangents(can, cond, dc, dirs[0])
+            cols.append((dc + t).permute(1, 2, 0))
+        if with_beta:
+            off, t = fwd.forward_with_tangents(can, cond, None, dirs[-1])
+            cols.append(t.permute(1, 2, 0))
+        if not cols:
+            off = fwd(can[None], cond[None])[0]
+    return can + off, (torch.cat(cols, -1) if cols else torch.zeros(rig.n_fit, 3, 0))
 
 
 def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, robust: Tensor, lids: Tensor,
@@ -371,8 +450,11 @@ def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, ro
     delta = own.get("delta", torch.zeros(3, dtype=state.t.dtype))
     t = own.get("t", state.t)
     canonical = rig.landmark_map.from_coordinates(alpha)[:rig.n_fit]
-    x = linearised_posed(rig.layer, state.x[None], state.inv_jac[None], canonical[None],
-                         rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]
+    if rig.forward_posing:
+        x = forward_posed(rig.forward, rig.layer, canonical[None], rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]
+    else:
+        x = linearised_posed(rig.layer, state.x[None], state.inv_jac[None], canonical[None],
+                             rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]
     R = axis_angle_to_matrix(delta) @ state.R
     uv = project(x @ R.T + t, _scaled_K(shared.K0, phi))  # [L, 2]
     s = obs.scale
@@ -536,7 +618,11 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
     z_id = rig.z_id(shared.alpha)
     canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
     for st in states:
-        st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=2 if st.x is None else 1)
+        # with a forward model every fit starts the inversion from its prediction (a warm start from the
+        # previous frame can stay on a wrong root); without one, from the previous solution
+        start = None if rig.forward is not None else st.x
+        st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), start,
+                                         steps=FORWARD_NEWTON_STEPS if start is None else 1)
     lids = [lid_targets(rig, o.points) for o in observations]  # depend on the detections only
     for stage in stages:
         layout = _Layout(stage, rig.landmark_map.rank, rig.expression_dims)
@@ -586,8 +672,10 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
             shared, states = new_shared, new_states
             z_id = rig.z_id(shared.alpha)
             canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
-            for st in states:
-                st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=1)
+            for st in states:  # the new codes' root: from the forward prediction when there is one
+                fresh = rig.forward is not None
+                st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), None if fresh else st.x,
+                                                 steps=FORWARD_NEWTON_STEPS if fresh else 1)
             costs.append(new_cost)
             if cost - new_cost < stage.tolerance * cost:
                 break

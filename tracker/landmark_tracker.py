@@ -30,7 +30,7 @@ import torch
 
 from model.errors import InputError
 from model.landmarks import REGIONS, LandmarkAssets
-from tracker.landmark_fit import (FrameState, LandmarkRig, LandmarkStage, Observation, Shared, fit,
+from tracker.landmark_fit import (FORWARD_NEWTON_STEPS, FrameState, LandmarkRig, LandmarkStage, Observation, Shared, fit,
                                   frame_stages, identity_stages, newton_refine, project, select_keyframes,
                                   start_stages, start_state)
 from tracker.strategy import FixedLagSmoother, FrameSolution, repeat_as_gap
@@ -59,6 +59,8 @@ class LandmarkStrategy:
         retry_ratio: a warm-started frame whose cost exceeds this multiple of the keyframes' mean cost is
             re-fitted from PnP; the better fit is kept.
         lag, sigma: the fixed-lag smoother (frames).
+        posing: ``"forward"`` or ``"inverse"`` (:class:`tracker.landmark_fit.LandmarkRig`); ``None``: forward
+            when the head has a forward deformation.
     """
 
     identity_frames: int = 12
@@ -74,6 +76,7 @@ class LandmarkStrategy:
     retry_ratio: float = 4.0
     lag: int = 1
     sigma: float = 0.6
+    posing: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.identity_frames < 1 or self.keyframes < 1 or self.identity_wait < 1:
@@ -81,6 +84,8 @@ class LandmarkStrategy:
         unknown = set(self.region_weights) - set(REGIONS)
         if unknown:
             raise InputError(f"LandmarkStrategy.region_weights: unknown regions {sorted(unknown)}; known: {REGIONS}")
+        if self.posing not in (None, "forward", "inverse"):
+            raise InputError(f"LandmarkStrategy.posing must be 'forward' or 'inverse', got {self.posing!r}")
 
     def smoother(self) -> FixedLagSmoother:
         return FixedLagSmoother(self.lag, self.sigma)
@@ -91,9 +96,12 @@ class LandmarkStrategy:
         return region[assets.region] * assets.mediapipe.weight
 
 
-def build_rig(layer: Any, codes: dict, assets: LandmarkAssets, strategy: LandmarkStrategy) -> LandmarkRig:
+def build_rig(layer: Any, codes: dict, assets: LandmarkAssets, strategy: LandmarkStrategy, forward: Any = None
+              ) -> LandmarkRig:
+    """The fit's view of a head: ``forward`` is its forward deformation (``Models.forward``), or ``None``."""
     return LandmarkRig.build(layer, codes, assets.landmark_map, strategy.landmark_weights(assets),
-                             assets.lid_pairs, assets.lid_corners, strategy.expression_dims)
+                             assets.lid_pairs, assets.lid_corners, strategy.expression_dims, forward=forward,
+                             posing=strategy.posing)
 
 
 @dataclass
@@ -112,9 +120,9 @@ class LandmarkTracker:
     """
 
     def __init__(self, layer: Any, codes: dict, assets: LandmarkAssets, strategy: LandmarkStrategy,
-                 K_frame: np.ndarray, clock: Any):
+                 K_frame: np.ndarray, clock: Any, forward: Any = None):
         self.assets, self.strategy, self.clock = assets, strategy, clock
-        self.rig = build_rig(layer, codes, assets, strategy)
+        self.rig = build_rig(layer, codes, assets, strategy, forward)
         self.K0 = torch.as_tensor(K_frame, dtype=torch.float32)
         self.shared: Optional[Shared] = None
         self.z_id: Optional[torch.Tensor] = None
@@ -200,8 +208,9 @@ class LandmarkTracker:
     def fitted_landmarks(self, sol: FrameSolution) -> FittedLandmarks:
         """The head's 478 + 68 landmarks for a (smoothed) solution, in frame pixels."""
         z_ex = sol.z_ex.to(torch.float32)
-        x, _ = newton_refine(self.rig, self._canonical_all, self.z_id[0], z_ex, self._x_out,
-                             steps=2 if self._x_out is not None else 3)
+        start = None if self.rig.forward is not None else self._x_out
+        x, _ = newton_refine(self.rig, self._canonical_all, self.z_id[0], z_ex, start,
+                             steps=2 if start is not None else FORWARD_NEWTON_STEPS)
         self._x_out = x
         R = _rotation(sol.pose)
         uv = project(x @ R.T + sol.pose[3:].float(), torch.as_tensor(sol.K, dtype=torch.float32)).numpy()
@@ -232,7 +241,8 @@ class PhotoFit:
 
 
 def fit_photo(layer: Any, codes: dict, assets: LandmarkAssets, image: np.ndarray, K: np.ndarray,
-              strategy: Optional[LandmarkStrategy] = None, detector: Any = None, source: str = "image") -> PhotoFit:
+              strategy: Optional[LandmarkStrategy] = None, detector: Any = None, source: str = "image",
+              forward: Any = None) -> PhotoFit:
     """Identity, expression and pose of the face in one RGB image ``[H, W, 3]`` uint8 from its landmarks:
     PnP, then the identity stages of ``strategy`` without the focal length (one view cannot tell it from the
     distance), with intrinsics ``K [3, 3]``. :class:`InputError` naming ``source`` when no face is found."""
@@ -246,7 +256,7 @@ def fit_photo(layer: Any, codes: dict, assets: LandmarkAssets, image: np.ndarray
     found = detector.detect(image)
     if found is None:
         raise InputError(f"{source}: no face found")
-    rig = build_rig(layer, codes, assets, strategy)
+    rig = build_rig(layer, codes, assets, strategy, forward)
     obs = Observation(torch.as_tensor(found.points[:rig.n_fit], dtype=torch.float32))
     shared = Shared(alpha=torch.zeros(rig.landmark_map.rank), phi=torch.tensor(0.0),
                     K0=torch.as_tensor(K, dtype=torch.float32))

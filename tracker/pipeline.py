@@ -198,7 +198,7 @@ class VideoTracker:
         targets = [self.targets(pred, k, faces[k].crop)[0] for k in keys]
         poses = torch.stack([init_pose_from_point_map(tg) for tg in targets])
         res = optimise_views(self.models.layer, topology, targets, z_id, pred.z_ex[keys], poses,
-                             self.strategy.identity_stages, snap=True)
+                             self.strategy.identity_stages, snap=True, forward=self.models.forward)
         self.z_id = res.z_id
         self.topology = start_topology(self.models, self.z_id, self.cfg.tto_resolution)
         self.reference_loss = res.loss / len(keys)
@@ -223,11 +223,11 @@ class VideoTracker:
         res = None
         if not self.strategy.reinitialise(self.previous, self.gap_frames):
             res = optimise(layer, self.topology, targets, self.z_id, self.previous.z_ex[None], self.previous.pose,
-                           stages, snap=False, z_ex_prior=ff_z_ex, x_warm=self.x_warm)
+                           stages, snap=False, z_ex_prior=ff_z_ex, x_warm=self.x_warm, forward=self.models.forward)
         if res is None or self.strategy.retry(res.loss, self.reference_loss):
             if int(targets.mask.sum()) >= 6:
                 cold = optimise(layer, self.topology, targets, self.z_id, ff_z_ex, init_pose_from_point_map(targets),
-                                stages, snap=False, z_ex_prior=ff_z_ex)
+                                stages, snap=False, z_ex_prior=ff_z_ex, forward=self.models.forward)
                 res = cold if res is None or cold.loss < res.loss else res
         self.clock.add("tto", t)
         self.gap_frames = 0
@@ -299,7 +299,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         if models.landmarks is None:
             raise InputError(f"{models.head_path}: this head model has no landmark assets (build them with "
                              "`nphm-train landmarks`), or track with --evidence maps")
-        tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K_frame, clock)
+        tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K_frame, clock,
+                                  forward=models.forward)
     else:
         tracker = VideoTracker(models, strategy, cfg, K_frame, clock)
     smoother = strategy.smoother()
@@ -430,7 +431,7 @@ def camera_vertices(vertices: np.ndarray, pose: torch.Tensor) -> np.ndarray:
 def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: Models, cfg: TrackConfig) -> None:
     tracker.estimate_identity(window)
     state["baker"] = Baker(models.layer, tracker.z_id, models.neutral_expression(), *models.bbox,
-                           resolution=cfg.export_resolution)
+                           resolution=cfg.export_resolution, forward=models.forward)
 
 
 def _build_track(records: list[FrameSolution], leading: list[CropResult], tracker,

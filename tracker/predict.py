@@ -29,6 +29,7 @@ from torch import Tensor
 from model.checkpoint import default_weights, load_checkpoint
 from model.codes import CodeStatistics
 from model.errors import InputError
+from model.forward_deformation import ForwardDeformation, forward_for_head
 from model.head import HeadLayer
 from model.landmarks import LandmarkAssets, load_landmark_assets
 from model.regressor import Regressor, load_regressor
@@ -63,6 +64,9 @@ class Models:
     landmarks: Optional[LandmarkAssets] = None
     """Landmark embedding and identity map of this head (:mod:`model.landmarks`); the landmark tracker needs
     them (``nphm-train landmarks`` builds them for another head)."""
+    forward: Optional[ForwardDeformation] = None
+    """This head's forward deformation (:mod:`model.forward_deformation`), the start of every inversion of
+    its backward field (landmarks and baked meshes); ``None``: inversions start at the canonical points."""
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,12 +99,15 @@ class Models:
         else:
             assets = None
         models = cls(layer=layer, codes=codes, head_meta=meta, normal_encoder=enc_n, point_encoder=enc_p,
-                     regressor=reg, head_path="default" if head is None else str(head), landmarks=assets)
+                     regressor=reg, head_path="default" if head is None else str(head), landmarks=assets,
+                     forward=forward_for_head(head))
         return models.to(device)
 
     def to(self, device: str | torch.device) -> "Models":
         device = torch.device(device)
-        for module in (self.layer, self.normal_encoder, self.point_encoder, self.regressor):
+        for module in (self.layer, self.normal_encoder, self.point_encoder, self.regressor, self.forward):
+            if module is None:
+                continue
             module.to(device).eval()
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -268,6 +275,6 @@ def fit_image(models: Models, crop: np.ndarray, K: Optional[np.ndarray] = None, 
                         time.perf_counter() - start, 0)
     topology = start_topology(models, z_id0, mesh_resolution)
     result = optimise(models.layer, topology, targets, z_id0, z_ex0, pose0,
-                      stages if stages is not None else default_stages(steps))
+                      stages if stages is not None else default_stages(steps), forward=models.forward)
     return ImageFit(z_id0, z_ex0, result.z_id, result.z_ex, result.pose, K_net, pred, pred.seconds,
                     time.perf_counter() - start, result.steps_run, result)

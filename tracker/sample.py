@@ -21,6 +21,7 @@ from exporters.base import ExportResult
 from exporters.registry import open_writer, writer_class
 from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
+from model.forward_deformation import forward_for_head
 from tracker.bake import Baker, head_bbox, neutral_expression
 
 
@@ -66,7 +67,8 @@ def sample_animation(out: str | os.PathLike, model: str | os.PathLike | None = N
     expressive = torch.nonzero(~codes["is_neutral"].bool()).flatten()
     pick = expressive[torch.randperm(len(expressive), generator=g)[:cfg.keyframes]]
     path = _expression_path(z_neutral, codes["z_ex"][pick], cfg.frames)  # [T, D_ex]
-    baker = Baker(layer, z_id, z_neutral[None], *head_bbox(meta), resolution=cfg.resolution, max_iter=cfg.max_iter)
+    baker = Baker(layer, z_id, z_neutral[None], *head_bbox(meta), resolution=cfg.resolution, max_iter=cfg.max_iter,
+                  forward=forward_for_head(model))
     with open_writer(out, baker.faces, baker.n_vertices, cfg.fps) as writer:
         for z_ex in tqdm(path, desc="frames", unit="frame", disable=not progress):
             writer.append(baker.vertices(z_ex[None]))

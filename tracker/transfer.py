@@ -98,7 +98,8 @@ def _identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_con
         with open_video(path) as stream:  # the landmark fit, as `nphm-track face.jpg`
             frame = next(iter(stream))
             K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
-        fit = fit_photo(models.layer, models.codes, models.landmarks, frame.image, K_frame, source=str(path))
+        fit = fit_photo(models.layer, models.codes, models.landmarks, frame.image, K_frame, source=str(path),
+                        forward=models.forward)
         return fit.z_id[0].detach().cpu().numpy().astype(np.float32), str(path)
     from tracker.single_image import crop_image
 

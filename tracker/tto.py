@@ -259,12 +259,20 @@ def visible_vertices(cam: Tensor, normals_cam: Tensor, uv: Tensor, mask: Tensor,
 
 
 def posed_meshes(layer: Any, topology: FixedTopology, z_id: Tensor, z_ex: Tensor, snap: bool = True,
-                 x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 x_init: Tensor | None = None, forward: Any = None) -> tuple[Tensor, Tensor]:
     """Posed vertices ``[K, V, 3]`` (model units, head frame) for ``z_id [1 or K, D_id]`` and
     ``z_ex [K, D_ex]``, and their detached initial solve ``[K, V, 3]`` (a warm start for the next call).
-    With ``snap``, one Newton step along the detached vertex normal moves each vertex onto the zero level
-    set of the current codes (see module docstring)."""
+    With ``forward`` (the head's :class:`model.forward_deformation.ForwardDeformation`) the canonical vertices
+    are posed by it, as the tracker's export is (``snap`` does not apply: that is the exported surface);
+    without, by inverting the backward field, and with ``snap`` one Newton step along the detached vertex
+    normal moves each vertex onto the zero level set of the current codes (see module docstring)."""
     z_id = z_id.expand(len(z_ex), -1)
+    if forward is not None:
+        from model.forward_deformation import forward_posed
+
+        can = topology.canonical_vertices.to(z_ex.dtype).expand(len(z_ex), -1, -1)
+        x = forward_posed(forward, layer, can, z_id, z_ex)
+        return x, x.detach()  # the export's geometry: no snap onto the backward field's level set
     inv = topology.posed_vertices(layer, z_id, z_ex, x_init=x_init)
     x = inv.x  # [K, V, 3]
     if snap:
@@ -275,9 +283,9 @@ def posed_meshes(layer: Any, topology: FixedTopology, z_id: Tensor, z_ex: Tensor
 
 
 def posed_mesh(layer: Any, topology: FixedTopology, z_id: Tensor, z_ex: Tensor, snap: bool = True,
-               x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               x_init: Tensor | None = None, forward: Any = None) -> tuple[Tensor, Tensor]:
     """One image's :func:`posed_meshes`: codes ``[1, D]``, ``x_init [V, 3]``; returns ``[V, 3]`` twice."""
-    x, warm = posed_meshes(layer, topology, z_id, z_ex, snap, None if x_init is None else x_init[None])
+    x, warm = posed_meshes(layer, topology, z_id, z_ex, snap, None if x_init is None else x_init[None], forward)
     return x[0], warm[0]
 
 
@@ -407,7 +415,8 @@ def init_pose_from_point_map(targets: TTOTargets, iterations: int = 15, max_poin
 
 def optimise(layer: Any, topology: FixedTopology, targets: TTOTargets, z_id0: Tensor, z_ex0: Tensor,
              pose0: Tensor, stages: list[TTOStage] | None = None, progress: bool = False,
-             snap: bool = True, z_ex_prior: Tensor | None = None, x_warm: Tensor | None = None) -> TTOResult:
+             snap: bool = True, z_ex_prior: Tensor | None = None, x_warm: Tensor | None = None,
+             forward: Any = None) -> TTOResult:
     """Single-image TTO: run the stages in order; each starts from the previous stage's best iterate.
 
     Args:
@@ -424,13 +433,15 @@ def optimise(layer: Any, topology: FixedTopology, targets: TTOTargets, z_id0: Te
         z_ex_prior: ``[1, D_ex]`` second expression target, weighted by ``TTOStage.w_prior`` (the tracker
             starts from the previous frame and uses this frame's feed-forward code here).
         x_warm: ``[1, V, 3]`` warm start of the vertex inversion (``TTOResult.x_warm`` of a previous call).
+        forward: the head's forward deformation: vertices are posed by it instead of the inversion
+            (:func:`posed_meshes`); ``Models.forward`` on the tracker's paths.
     Returns:
         :class:`TTOResult` with ``z_ex [1, D_ex]`` and ``pose [6]``.
     """
     if pose0.shape != (6,):
         raise InputError(f"pose0 must be [6] (rotvec, t), got {tuple(pose0.shape)}")
     res = optimise_views(layer, topology, [targets], z_id0, z_ex0, pose0[None], stages, progress, snap,
-                         z_ex_prior, x_warm)
+                         z_ex_prior, x_warm, forward)
     res.pose = res.pose[0]
     return res
 
@@ -438,7 +449,7 @@ def optimise(layer: Any, topology: FixedTopology, targets: TTOTargets, z_id0: Te
 def optimise_views(layer: Any, topology: FixedTopology, targets: list[TTOTargets], z_id0: Tensor, z_ex0: Tensor,
                    pose0: Tensor, stages: list[TTOStage] | None = None, progress: bool = False,
                    snap: bool = True, z_ex_prior: Tensor | None = None,
-                   x_warm: Tensor | None = None) -> TTOResult:
+                   x_warm: Tensor | None = None, forward: Any = None) -> TTOResult:
     """Joint TTO over ``K`` images of one identity: one shared ``z_id``, one ``z_ex`` and pose per image.
 
     The loss is the sum of the per-image losses (:func:`tto_loss`) plus the regularisers; the tracker
@@ -478,7 +489,8 @@ def optimise_views(layer: Any, topology: FixedTopology, targets: list[TTOTargets
         best_loss, since_best, losses = math.inf, 0, []
         for _ in range(stage.steps):
             opt.zero_grad(set_to_none=True)
-            x, x_warm = posed_meshes(layer, topology, current["z_id"], current["z_ex"], snap=snap, x_init=x_warm)
+            x, x_warm = posed_meshes(layer, topology, current["z_id"], current["z_ex"], snap=snap, x_init=x_warm,
+                                     forward=forward)
             R = axis_angle_to_matrix(current["pose"][:, :3]) @ R_base  # [K, 3, 3]
             data = sum(tto_loss(x[k], R[k], current["pose"][k, 3:], topology, targets[k], stage, corr[k]).total
                        for k in range(n))

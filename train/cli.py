@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from tracker import __version__
@@ -75,11 +77,14 @@ def data_renders(out_dir: str, n: int, resolution: int, seed: int, ict_path: str
               help="Largest head yaw, degrees (the pose wanders within +-yaw).")
 @click.option("--pitch", "pitch_deg", type=float, default=15.0, show_default=True, help="Largest head pitch, degrees.")
 @click.option("--roll", "roll_deg", type=float, default=10.0, show_default=True, help="Largest head roll, degrees.")
+@click.option("--strong", is_flag=True,
+              help="Strong expressions: jawOpen up to 1, full blinks, smiles, puckers, funnels, brows up and down, "
+                   "some one-sided (half the keyframes are one strong expression at 0.7-1; speech jaw 0.5-1).")
 @click.option("--ict", "ict_path", type=click.Path(), default=None,
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, seed: int, yaw_deg: float,
-                pitch_deg: float, roll_deg: float, ict_path: str | None) -> None:
+                pitch_deg: float, roll_deg: float, strong: bool, ict_path: str | None) -> None:
     """Synthetic H.264 videos of one head each, with per-frame ground truth beside them.
 
     Writes OUT/video_NNNN.mp4, OUT/video_NNNN.gt.npz and OUT/manifest.json; re-running resumes.
@@ -87,6 +92,9 @@ def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, 
     from train.video import VideoConfig, generate_videos
 
     cfg = VideoConfig(yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
+    if strong:
+        cfg = dataclasses.replace(cfg, expression_gain=(0.7, 1.0), strong_keyframes=0.5, jaw_amplitude=(0.5, 1.0),
+                                  blink_rate_hz=0.5)
     click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path, cfg=cfg))
 
 
@@ -358,6 +366,82 @@ def landmarks(head_path: str, data_seed: int, identities: int, out_path: str, wo
     click.echo(f"wrote {out_path}: embedding spread {card['metrics']['embedding']['spread_mm_median']:.2f} mm median; "
                f"held-out canonical landmark error {held.get('mean_mm', float('nan')):.3f} mm "
                f"(mean head {held.get('mean_head_reference_mm', float('nan')):.3f} mm)")
+
+
+def _head_data_options(what: str):
+    """``--head --data-seed --identities --expressions``: a head checkpoint and its data command's settings
+    (its training heads' ICT weights are re-derived from them)."""
+    def wrap(f):
+        for opt in reversed([
+            click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False, exists=True),
+                         help=f"Head model checkpoint ({what})."),
+            click.option("--data-seed", type=int, required=True, help="Seed of the head's `nphm-train data heads` command."),
+            click.option("--identities", type=click.IntRange(min=1), required=True,
+                         help="--identities of the head's `nphm-train data heads` command."),
+            click.option("--expressions", type=click.IntRange(min=1), required=True,
+                         help="--expressions of the head's `nphm-train data heads` command.")]):
+            f = opt(f)
+        return f
+    return wrap
+
+
+@main.command("expression-finetune")
+@_head_data_options("trained by `nphm-train head`; its expression side is retrained")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (head.pt, report.json, state.pt, config.json); re-running resumes.")
+@click.option("--new-per-identity", type=click.IntRange(min=0), default=8, show_default=True,
+              help="New strong and full-strength expressions per training identity.")
+@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="Optimisation steps.")
+@click.option("--deform-hidden", type=click.IntRange(min=1), default=None,
+              help="Widen the deformation network to this many units per layer [default: keep the head's].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the new expressions and the sampling.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def expression_finetune(head_path: str, data_seed: int, identities: int, expressions: int, out_dir: str,
+                        new_per_identity: int, steps: int, deform_hidden: int | None, seed: int, threads: int | None,
+                        ict_path: str | None) -> None:
+    """Retrain a head's backward deformation and expression codes on its training heads plus new strong
+    expressions, with correspondences concentrated on the lids, brows and lips; the canonical SDF, anchors
+    and identity codes stay (see train/expression_finetune.py)."""
+    from train.expression_finetune import ExpressionFinetuneConfig, finetune_expressions
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    finetune_expressions(ExpressionFinetuneConfig(head_path=head_path, out_dir=out_dir, data_seed=data_seed,
+                                                  identities=identities, expressions=expressions,
+                                                  new_per_identity=new_per_identity, steps=steps, seed=seed,
+                                                  deform_hidden=deform_hidden, ict_path=ict_path), log=click.echo)
+
+
+@main.command("forward-deformation")
+@_head_data_options("e.g. model/weights/head_default.pt")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (forward.pt, report.json, state.pt, config.json); re-running resumes.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Units per hidden layer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network and the sampling.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def forward_deformation(head_path: str, data_seed: int, identities: int, expressions: int, out_dir: str, steps: int,
+                        hidden: int, seed: int, threads: int | None, ict_path: str | None) -> None:
+    """A head's forward deformation (canonical -> posed), trained on the exact ICT correspondences of the
+    head's own training heads: the tracker poses the landmarks and the baked mesh with it (an open mouth
+    stays open; see model/forward_deformation.py and train/forward_deformation_training.py)."""
+    from train.forward_deformation_training import ForwardTrainConfig, train_forward_deformation
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    train_forward_deformation(ForwardTrainConfig(head_path=head_path, out_dir=out_dir, data_seed=data_seed,
+                                                 identities=identities, expressions=expressions, steps=steps,
+                                                 hidden=hidden, seed=seed, ict_path=ict_path), log=click.echo)
 
 
 @main.command("landmark-regressor")

@@ -74,6 +74,10 @@ class VideoConfig:
     syllable_rate_hz: tuple[float, float] = (3.0, 6.0)
     jaw_amplitude: tuple[float, float] = (0.15, 0.5)
     """Peak jawOpen of a syllable."""
+    expression_gain: tuple[float, float] = (0.4, 1.0)
+    """Each random expression keyframe is scaled by a gain from this range (calmer than the samples)."""
+    strong_keyframes: float = 0.0
+    """Share of keyframes replaced by one strong expression of :data:`STRONG_EXPRESSIONS` at 0.7-1.0."""
     yaw_deg: float = 35.0
     pitch_deg: float = 15.0
     roll_deg: float = 10.0
@@ -114,6 +118,28 @@ def _pulse(t: np.ndarray, centre: float, width: float) -> np.ndarray:
     return 0.5 * (1 + np.cos(2 * np.pi * x))
 
 
+STRONG_EXPRESSIONS: tuple[tuple[str, ...], ...] = (
+    ("jawOpen", "mouthLowerDown_L", "mouthLowerDown_R"), ("mouthSmile_L", "mouthSmile_R"), ("mouthPucker",),
+    ("mouthFunnel", "jawOpen"), ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R"),
+    ("browDown_L", "browDown_R"), ("eyeBlink_L", "eyeBlink_R"), ("mouthSmile_L",), ("eyeBlink_R",),
+    ("browOuterUp_L",), ("eyeWide_L", "eyeWide_R", "browInnerUp_L", "browInnerUp_R"), ("mouthStretch_L", "mouthStretch_R"),
+)
+"""Strong expressions of the strong-expression benchmark set (one-sided ones included): the listed
+blendshapes set together."""
+
+
+def strong_expression(rng: np.random.Generator, names) -> np.ndarray:
+    """``[K_ex]`` one of :data:`STRONG_EXPRESSIONS` at intensity U(0.7, 1) (``jawOpen`` with a funnel at half)."""
+    names = list(names)
+    w = np.zeros(len(names))
+    group = STRONG_EXPRESSIONS[rng.integers(len(STRONG_EXPRESSIONS))]
+    a = rng.uniform(0.7, 1.0)
+    for n in group:
+        if n in names:
+            w[names.index(n)] = a * (0.5 if n == "jawOpen" and "mouthFunnel" in group else 1.0)
+    return w
+
+
 def expression_trajectory(rng: np.random.Generator, cfg: VideoConfig, names) -> np.ndarray:
     """``[F, K_ex]`` float32 smooth expression weights in [0, 1] (keyframes + blinks + speech)."""
     from train.sampler import sample_expression
@@ -126,7 +152,10 @@ def expression_trajectory(rng: np.random.Generator, cfg: VideoConfig, names) -> 
     while times[-1] < duration:
         times.append(times[-1] + rng.uniform(*cfg.keyframe_gap_s))
     keys = sample_expression(rng, len(times), names).astype(np.float64)
-    keys *= rng.uniform(0.4, 1.0, (len(times), 1))  # calmer than the independent samples
+    keys *= rng.uniform(*cfg.expression_gain, (len(times), 1))  # calmer than the independent samples
+    for k in range(len(times)):
+        if rng.uniform() < cfg.strong_keyframes:
+            keys[k] = strong_expression(rng, names)
     for n in ("eyeBlink_L", "eyeBlink_R"):  # blinks come as pulses below
         if n in idx:
             keys[:, idx[n]] *= 0.3

@@ -19,6 +19,18 @@ Metrics (mm unless said otherwise):
 - ``focal_ratio``: estimated / true focal length (the landmark tracker estimates it);
 - ``landmark2d_error_pct``: the track file's fitted iBUG-68 landmarks (``landmarks68_px``) against the
   ground-truth projected ones, visible points only, in % of the true outer-eye-corner distance;
+- ``expression_error_ratio``: the expression displacement error: at 1,500 points of ICT's narrow face area
+  (the true identity's neutral vertices, model units), the tracked displacement (the tracked identity's
+  backward field inverted at the frame's expression minus at the neutral expression) against the true one
+  (``ICT(w_id, w_ex) - ICT(w_id, 0)``); the mean distance between the two (``expression_error_mm``) over
+  the mean true displacement (the error of predicting no motion). Both live in the head's canonical frame
+  (the head model's canonical space is ICT's, :mod:`train.frame`), so no alignment is applied;
+- ``landmark_expression_error_ratio``: the same at corresponding points, no alignment: the 478 MediaPipe
+  landmarks of the tracked identity's own canonical landmarks (:mod:`model.landmarks`), posed as the
+  export poses them, against ICT's truth at the same landmarks (``expression_error_ratio`` evaluates the
+  tracked field at the *true* identity's vertices, off the tracked surface by the identity error);
+- ``accel_ratio``: the mean norm of the second difference over frames of those tracked points, over the
+  truth's (the still export's vertex acceleration; 1 = as much motion as the truth);
 - ``jitter_mm`` and ``jitter_ratio``: mean norm of the second difference of the 68 landmark trajectories in
   the head frame (each method's own iBUG-68 canonical points posed by each frame's expression), and its
   ratio to the ground truth's (its true motion; in the summary the ratio of the means over the videos).
@@ -27,6 +39,13 @@ Prints one JSON line. Example (the README's figures)::
 
     nphm-train data videos --out data/videos_lm -n 3 --frames 100 --res 512 --seed 9200 --yaw 40
     python tests/benchmarks/bench_landmark_tracker.py --videos data/videos_lm --threads 2
+
+The strong-expression set of the expression issue and the tracker before it (its tracks, its head)::
+
+    nphm-train data videos --out data/videos_strong -n 3 --frames 100 --res 512 --seed 9300 --yaw 30 --strong
+    python tests/benchmarks/bench_landmark_tracker.py --videos data/videos_strong --methods mean-head,landmarks
+    python tests/benchmarks/bench_landmark_tracker.py --videos data/videos_strong --methods mean-head,landmarks \
+        --head runs/head_v1.pt --no-forward --track-dir runs/tracks_v1   # tracks made at commit 18a6a99
 """
 
 from __future__ import annotations
@@ -58,19 +77,66 @@ from tracker.predict import Models  # noqa: E402
 METHODS = ("mean-head", "maps", "landmarks")
 
 
+def pose_points(models: Models, canonical: torch.Tensor, z_id: torch.Tensor, z_ex: torch.Tensor) -> torch.Tensor:
+    """Posed points ``[1, N, 3]`` of canonical points ``[1, N, 3]`` as the tracker's export poses them: the
+    head's forward deformation, or (a head without one) the backward field inverted from the canonical
+    points, as the tracker before the forward model did."""
+    from model.forward_deformation import forward_posed
+
+    if models.forward is not None:
+        return forward_posed(models.forward, models.layer, canonical, z_id, z_ex)
+    return posed_landmarks(models.layer, canonical, z_id, z_ex, canonical.clone(), max_iter=50).x
+
+
 def ibug_trajectories(models: Models, z_id: torch.Tensor, z_ex: np.ndarray) -> np.ndarray:
     """``[T, 68, 3]`` head-frame iBUG-68 landmarks of one identity ``[1, D]`` posed by expressions ``[T, D]``."""
     lmap, n_mp = models.landmarks.landmark_map, len(models.landmarks.mediapipe)
     canonical = lmap(z_id)[:, n_mp:]  # [1, 68, 3]
     out = []
-    x = None
     with torch.no_grad():
         for z in z_ex:
-            inv = posed_landmarks(models.layer, canonical, z_id, torch.as_tensor(z, dtype=torch.float32)[None], x,
-                                  max_iter=50)
-            x = inv.x
-            out.append(x[0].numpy())
+            ze = torch.as_tensor(z, dtype=torch.float32)[None]
+            out.append(pose_points(models, canonical, z_id, ze)[0].numpy())
     return np.stack(out)
+
+
+def face_points(models: Models, kit, w_id: np.ndarray, w_ex: np.ndarray, z_id: torch.Tensor, z_ex: np.ndarray,
+                n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """``(tracked [T, n, 3], true [T, n, 3])`` posed face points (model units) and their displacements are
+    what ``expression_error_ratio`` compares; the tracked ones posed as the exported mesh is
+    (:func:`pose_points`)."""
+    ids = np.random.default_rng(0).choice(6706, n, replace=False)
+    truth = np.stack([frame.ict_to_model(kit.vertices(w_id, w)[ids]) for w in w_ex])  # [T, n, 3]
+    can = torch.as_tensor(frame.ict_to_model(kit.vertices(w_id, np.zeros_like(w_ex[0]))[ids]), dtype=torch.float32)[None]
+    out = []
+    with torch.no_grad():
+        for z in z_ex:
+            ze = torch.as_tensor(z, dtype=torch.float32)[None]
+            out.append(pose_points(models, can, z_id, ze)[0].numpy())
+    return np.stack(out), truth
+
+
+def expression_errors(models: Models, kit, gt, z_id: torch.Tensor, z_ex: np.ndarray, usable: np.ndarray) -> dict:
+    neutral = models.neutral_expression().numpy()
+    w = gt["w_ex"][:len(z_ex)][usable]
+    tracked, truth = face_points(models, kit, gt["w_id"], np.concatenate([w[:1] * 0, w]), z_id,
+                                 np.concatenate([neutral, z_ex[usable]]))
+    d_track, d_true = tracked[1:] - tracked[:1], truth[1:] - truth[:1]
+    err = float(np.linalg.norm(d_track - d_true, axis=-1).mean()) * MM_PER_UNIT
+    still = float(np.linalg.norm(d_true, axis=-1).mean()) * MM_PER_UNIT
+    acc = lambda p: float(np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=-1).mean())  # noqa: E731
+    # corresponding points: the tracked identity's own canonical MediaPipe landmarks vs ICT's
+    n_mp = len(models.landmarks.mediapipe)
+    can = models.landmarks.landmark_map(z_id)[:, :n_mp]
+    with torch.no_grad():
+        lm = np.stack([pose_points(models, can, z_id, torch.as_tensor(z, dtype=torch.float32)[None])[0].numpy()
+                       for z in np.concatenate([neutral, z_ex[usable]])])
+    emb = models.landmarks.mediapipe
+    lm_true = np.stack([frame.ict_to_model(emb.points(kit.vertices(gt["w_id"], x))) for x in np.concatenate([w[:1] * 0, w])])
+    dl, dlt = lm[1:] - lm[:1], lm_true[1:] - lm_true[:1]
+    lm_err = float(np.linalg.norm(dl - dlt, axis=-1).mean()) / float(np.linalg.norm(dlt, axis=-1).mean())
+    return {"expression_error_mm": err, "no_motion_error_mm": still, "expression_error_ratio": err / still,
+            "landmark_expression_error_ratio": lm_err, "accel_ratio": acc(tracked[1:]) / acc(truth[1:])}
 
 
 def chamfer(models: Models, kit, topo, z_id, z_ex, w_id, w_ex, args) -> float:
@@ -88,6 +154,12 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
     mean_id = models.codes["z_id"].mean(0, keepdim=True)
     tracks, out = {}, {"video": video.name, "frames": n, "methods": {}}
     for method in [m for m in args.methods if m != "mean-head"]:
+        if args.track_dir is not None:  # tracks made elsewhere (e.g. by an earlier version of the tracker)
+            from tracker.trackfile import load_track
+
+            tracks[method] = load_track(args.track_dir / f"{video.stem}.track.npz")
+            out["methods"][method] = {"tracked": int((tracks[method].status[:n] != "gap").sum())}
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             cfg = TrackConfig(evidence=method, max_frames=n)
             res = track_video(video, Path(tmp) / "anim.npz", cfg, models=models, progress=False)
@@ -111,6 +183,7 @@ def evaluate_video(video: Path, models: Models, kit, topo, args) -> dict:
         m["posed_chamfer_l1_mm"] = float(np.mean([chamfer(models, kit, topo, z_id, z_ex[i], gt["w_id"],
                                                           gt["w_ex"][i], args) for i in frames]))
         m["neutral_chamfer_l1_mm"] = chamfer(models, kit, topo, z_id, neutral[0].numpy(), gt["w_id"], zero_ex, args)
+        m.update(expression_errors(models, kit, gt, z_id, z_ex[:n], usable[:n]))
         traj = ibug_trajectories(models, z_id, z_ex[usable])
         m["jitter_mm"] = jitter_mm(traj)
         m["jitter_ratio"] = m["jitter_mm"] / out["jitter_gt_mm"]
@@ -141,19 +214,29 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=30_000, help="Chamfer samples each way")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--head", type=Path, default=None,
+                    help="evaluate with this head checkpoint (and the shipped landmark assets) [default: shipped]")
+    ap.add_argument("--no-forward", action="store_true",
+                    help="pose by inverting the backward field from the canonical points (a head without a forward model)")
+    ap.add_argument("--track-dir", type=Path, default=None,
+                    help="read <video>.track.npz from here instead of tracking (one non-mean method)")
     args = ap.parse_args()
     args.methods = [m for m in METHODS if m in args.methods.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     kit = load_ict(default_ict_path())
     topo = surface_topology(kit.triangles, kit.n_vertices)
-    models = Models.load()
+    models = Models.load(head=args.head, landmarks=None if args.head is None else
+                         ROOT / "model" / "weights" / "landmarks_default.npz")
+    if args.no_forward:
+        models.forward = None
     start = time.perf_counter()
     videos = sorted(args.videos.glob("video_*.mp4"))[:args.max_videos]
     if not videos:
         sys.exit(f"{args.videos}: no video_*.mp4")
     per_video = [evaluate_video(v, models, kit, topo, args) for v in videos]
-    keys = ("posed_chamfer_l1_mm", "neutral_chamfer_l1_mm", "rotation_error_deg", "distance_ratio", "focal_ratio",
+    keys = ("expression_error_ratio", "landmark_expression_error_ratio", "expression_error_mm", "no_motion_error_mm", "accel_ratio",
+            "posed_chamfer_l1_mm", "neutral_chamfer_l1_mm", "rotation_error_deg", "distance_ratio", "focal_ratio",
             "landmark2d_error_pct", "jitter_mm", "jitter_ratio", "fps")
     summary = {name: {k: round(float(np.nanmean([v["methods"][name][k] for v in per_video])), 4)
                       for k in keys if k in per_video[0]["methods"][name]} for name in args.methods}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.checkpoint import default_weights, load_checkpoint
+from model.forward_deformation import forward_for_head
 from model.landmarks import load_landmark_assets
 from model.regressor import Regressor, regressor_preset
 from model.vit import NormalEncoder, PointMapEncoder, encoder_preset
@@ -23,7 +24,8 @@ def tiny_models() -> Models:
     reg.set_code_statistics(codes["z_id"], codes["z_ex"])
     return Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
                   point_encoder=PointMapEncoder(ep), regressor=reg,
-                  landmarks=load_landmark_assets(default_weights("landmarks_default", ".npz"))).to("cpu")
+                  landmarks=load_landmark_assets(default_weights("landmarks_default", ".npz")),
+                  forward=forward_for_head(None)).to("cpu")
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,30 @@ def test_bad_stages_and_inputs_raise():
         LandmarkStage("x", -1)
     with pytest.raises(InputError, match=r"\[L, 2\]"):
         Observation(torch.zeros(478, 3))
+
+
+def test_forward_posing_tangents_match_autodiff():
+    """With the head's forward deformation the posed landmarks are one network pass; their analytic
+    Jacobian (forward-mode tangents) matches torch.func.jacfwd of that pass."""
+    from model.forward_deformation import forward_for_head, forward_posed
+    from tracker.landmark_fit import forward_tangents
+
+    layer, codes, _ = load_checkpoint(default_weights("head_default"))
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    rig = build_rig(layer, codes, load_landmark_assets(default_weights("landmarks_default", ".npz")),
+                    LandmarkStrategy(), forward_for_head(None))
+    assert rig.forward_posing
+    g = torch.Generator().manual_seed(1)
+    alpha = torch.randn(rig.landmark_map.rank, generator=g) * 0.5
+    beta = rig.ex_start + torch.randn(rig.expression_dims, generator=g) * 0.5
+
+    def posed(a, b):
+        can = rig.landmark_map.from_coordinates(a)[:rig.n_fit]
+        return forward_posed(rig.forward, layer, can[None], rig.z_id(a)[None], rig.z_ex(b)[None])[0]
+
+    x, G = forward_tangents(rig, alpha, beta, True, True)
+    assert torch.allclose(x, posed(alpha, beta), atol=1e-6)
+    ref = torch.cat([torch.func.jacfwd(posed, argnums=0)(alpha, beta), torch.func.jacfwd(posed, argnums=1)(alpha, beta)], -1)
+    assert G.shape == ref.shape
+    assert torch.allclose(G, ref, atol=1e-5 * float(ref.abs().max()))
