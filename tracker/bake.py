@@ -25,7 +25,7 @@ from exporters.mdd import MDDWriter
 from exporters.registry import open_writer, writer_class
 from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
-from model.forward_deformation import forward_for_head, forward_posed, posed_start
+from model.forward_deformation import forward_for_head, forward_posed, posed_start, resolve_posing
 from model.head import HeadLayer
 from model.topology import FixedTopology
 from tracker.trackfile import Track, hold_over_gaps, load_track
@@ -88,9 +88,7 @@ class Baker:
             raise InputError(f"z_neutral must be [1, D_ex], got {list(z_neutral.shape)}")
         self.layer = layer
         self.forward = forward
-        self.posing = posing or ("forward" if forward is not None else "inverse")
-        if self.posing not in ("forward", "inverse") or (self.posing == "forward" and forward is None):
-            raise InputError(f"Baker: posing must be 'inverse', or 'forward' with a forward model; got {posing!r}")
+        self.posing = resolve_posing(posing, forward)
         self.z_id = z_id.detach().float()  # [1, D_id]
         self.max_iter = int(max_iter)
         self.tol = float(tol)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from model.errors import InputError
-from model.forward_deformation import forward_posed, posed_start
+from model.forward_deformation import forward_posed, posed_start, resolve_posing
 from model.landmarks import LandmarkMap, linearised_posed
 from tracker.tto import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -95,8 +95,9 @@ class LandmarkStage:
 EXPRESSION_HUBER = 0.1
 """Huber scale (face sizes) of the expression stages. The landmarks an expression moves are the ones far
 from a neutral start, so a small scale (0.03, the default) down-weights exactly them: from exact
-``browInnerUp`` targets the fit recovered 0.28 of the motion at 0.03 and 0.60 at 0.1
-(``tests/benchmarks/bench_expression_capacity.py``); 0.1 face sizes still bounds a gross detector outlier."""
+``browInnerUp`` targets the fit recovered 0.27-0.28 of the inner brow's motion at 0.03 and 0.54-0.65 at 0.1
+(``tests/benchmarks/bench_expression_capacity.py --huber``); 0.1 face sizes still bounds a gross detector
+outlier."""
 
 
 def frame_stages() -> list[LandmarkStage]:
@@ -179,7 +180,7 @@ class LandmarkRig:
                    ex_scale=scale.to(f), ex_start=(((start - mean) @ basis.T) / scale).to(f),
                    weights=torch.as_tensor(weights, dtype=f), lid_pairs=torch.as_tensor(lid_pairs).long(),
                    lid_corners=torch.as_tensor(lid_corners).long(), n_fit=len(weights), forward=forward,
-                   posing=posing or ("forward" if forward is not None else "inverse"))
+                   posing=resolve_posing(posing, forward))
 
     @property
     def expression_dims(self) -> int:
@@ -284,9 +285,11 @@ FORWARD_NEWTON_STEPS = 8
 def newton_refine(rig: LandmarkRig, canonical: Tensor, z_id: Tensor, z_ex: Tensor, x: Optional[Tensor],
                   steps: int = 2) -> tuple[Tensor, Tensor]:
     """Posed landmarks ``[L, 3]`` for canonical ``[L, 3]`` and codes ``[D]`` by at most ``steps`` Newton steps
-    of the inversion from ``x`` (default: the rig's forward prediction, or the canonical points without one),
-    with the exact inverse Jacobian ``[L, 3, 3]``; it stops early when every residual is below
-    :data:`NEWTON_TOL`.
+    of the inversion from ``x`` (default: the canonical points), with the exact inverse Jacobian
+    ``[L, 3, 3]``; it stops early when every residual is below :data:`NEWTON_TOL`. With the rig's forward
+    deformation, forward posing returns its pass (and no Jacobian); inverse posing ignores the warm start
+    ``x`` (a previous solution can sit on a wrong root) and starts from the forward prediction with at least
+    :data:`FORWARD_NEWTON_STEPS` steps.
 
     :func:`model.topology.invert_deformation` (``method="newton"``) solves the same equation to a tolerance;
     this fixed-step variant is the per-frame hot path: its Jacobians come in the same forward pass
@@ -296,6 +299,8 @@ def newton_refine(rig: LandmarkRig, canonical: Tensor, z_id: Tensor, z_ex: Tenso
         zi, ze = z_id[None], z_ex[None]
         if rig.forward_posing:  # no inversion: the forward pass is the posing (inverse Jacobian unused)
             return forward_posed(rig.forward, rig.layer, canonical[None], zi, ze)[0], None
+        if rig.forward is not None:
+            x, steps = None, max(steps, FORWARD_NEWTON_STEPS)
         x = posed_start(rig.forward, rig.layer, canonical[None], zi, ze)[0] if x is None else x.clone()
         out, jac = rig.layer.deform_with_jacobian(x[None], zi, ze)
         r = x + out.offsets[0] - canonical
@@ -618,11 +623,7 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
     z_id = rig.z_id(shared.alpha)
     canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
     for st in states:
-        # with a forward model every fit starts the inversion from its prediction (a warm start from the
-        # previous frame can stay on a wrong root); without one, from the previous solution
-        start = None if rig.forward is not None else st.x
-        st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), start,
-                                         steps=FORWARD_NEWTON_STEPS if start is None else 1)
+        st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=2 if st.x is None else 1)
     lids = [lid_targets(rig, o.points) for o in observations]  # depend on the detections only
     for stage in stages:
         layout = _Layout(stage, rig.landmark_map.rank, rig.expression_dims)
@@ -672,10 +673,8 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
             shared, states = new_shared, new_states
             z_id = rig.z_id(shared.alpha)
             canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
-            for st in states:  # the new codes' root: from the forward prediction when there is one
-                fresh = rig.forward is not None
-                st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), None if fresh else st.x,
-                                                 steps=FORWARD_NEWTON_STEPS if fresh else 1)
+            for st in states:
+                st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=1)
             costs.append(new_cost)
             if cost - new_cost < stage.tolerance * cost:
                 break

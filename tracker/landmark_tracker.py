@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from model.errors import InputError
+from model.forward_deformation import POSINGS
 from model.landmarks import REGIONS, LandmarkAssets
-from tracker.landmark_fit import (FORWARD_NEWTON_STEPS, FrameState, LandmarkRig, LandmarkStage, Observation, Shared, fit,
+from tracker.landmark_fit import (FrameState, LandmarkRig, LandmarkStage, Observation, Shared, fit,
                                   frame_stages, identity_stages, newton_refine, project, select_keyframes,
                                   start_stages, start_state)
 from tracker.strategy import FixedLagSmoother, FrameSolution, repeat_as_gap
@@ -84,7 +85,7 @@ class LandmarkStrategy:
         unknown = set(self.region_weights) - set(REGIONS)
         if unknown:
             raise InputError(f"LandmarkStrategy.region_weights: unknown regions {sorted(unknown)}; known: {REGIONS}")
-        if self.posing not in (None, "forward", "inverse"):
+        if self.posing not in (None, *POSINGS):
             raise InputError(f"LandmarkStrategy.posing must be 'forward' or 'inverse', got {self.posing!r}")
 
     def smoother(self) -> FixedLagSmoother:
@@ -208,9 +209,8 @@ class LandmarkTracker:
     def fitted_landmarks(self, sol: FrameSolution) -> FittedLandmarks:
         """The head's 478 + 68 landmarks for a (smoothed) solution, in frame pixels."""
         z_ex = sol.z_ex.to(torch.float32)
-        start = None if self.rig.forward is not None else self._x_out
-        x, _ = newton_refine(self.rig, self._canonical_all, self.z_id[0], z_ex, start,
-                             steps=2 if start is not None else FORWARD_NEWTON_STEPS)
+        x, _ = newton_refine(self.rig, self._canonical_all, self.z_id[0], z_ex, self._x_out,
+                             steps=2 if self._x_out is not None else 3)
         self._x_out = x
         R = _rotation(sol.pose)
         uv = project(x @ R.T + sol.pose[3:].float(), torch.as_tensor(sol.K, dtype=torch.float32)).numpy()

@@ -65,8 +65,8 @@ class Models:
     """Landmark embedding and identity map of this head (:mod:`model.landmarks`); the landmark tracker needs
     them (``nphm-train landmarks`` builds them for another head)."""
     forward: Optional[ForwardDeformation] = None
-    """This head's forward deformation (:mod:`model.forward_deformation`), the start of every inversion of
-    its backward field (landmarks and baked meshes); ``None``: inversions start at the canonical points."""
+    """This head's forward deformation (:mod:`model.forward_deformation`): it poses the landmarks, the baked
+    mesh and the encoder path's TTO mesh; ``None``: they are posed by inverting the backward field."""
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from tracker import __version__
@@ -89,12 +87,11 @@ def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, 
 
     Writes OUT/video_NNNN.mp4, OUT/video_NNNN.gt.npz and OUT/manifest.json; re-running resumes.
     """
-    from train.video import VideoConfig, generate_videos
+    from train.video import VideoConfig, generate_videos, strong_video_config
 
     cfg = VideoConfig(yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
     if strong:
-        cfg = dataclasses.replace(cfg, expression_gain=(0.7, 1.0), strong_keyframes=0.5, jaw_amplitude=(0.5, 1.0),
-                                  blink_rate_hz=0.5)
+        cfg = strong_video_config(cfg)
     click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path, cfg=cfg))
 
 

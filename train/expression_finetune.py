@@ -1,11 +1,11 @@
 """``nphm-train expression-finetune``: retrain a head's expression side on more and stronger expressions.
 
-Why: the shipped head (trained on 8 mild expressions per identity, 256 random skin correspondences per head
-and step) barely moves its eyelids and brows even at its own training codes: at a training code with
-``eyeBlink_L`` 0.85 its posed lids close by under 1.5 % of the eye distance (the truth: 8 %), and its
-inner lips part by 13 % of the truth's opening (``tests/benchmarks/bench_expression_capacity.py``). Those
-are the parts an animator tracks a face for, and a few hundred vertices of 26 thousand: random sampling
-hardly sees them.
+Why: the base head (trained on 8 mild expressions per identity, 256 random skin correspondences per head
+and step) barely moves its eyelids and brows even at its own training codes: at the codes with the
+strongest ``eyeBlink_L`` its posed lids closed by 0.02 of the truth's closure, and its brows rose by none
+of a ``browInnerUp`` (``tests/benchmarks/bench_expression_capacity.py --head <base> --no-forward``; started
+at the truth the lids still reopen: no closed-lid root). Those are the parts an animator tracks a face for,
+and a few hundred vertices of 26 thousand: random sampling hardly sees them.
 
 What changes: the backward deformation network and the expression codes. What stays: the canonical SDF,
 the anchors and the identity codes, so the canonical space and everything built on it (the landmark map
@@ -41,10 +41,11 @@ import numpy as np
 import torch
 
 from model.errors import InputError
-from train.frame import ict_to_model
+from train.frame import BOX_MAX, BOX_MIN, ict_to_model
+from train.ict import PARTS
+from train.metrics import MM_PER_UNIT
 
-MM_PER_UNIT = 250.0
-SKIN = 11248  # ICT face + head and neck vertices [0, 11248)
+SKIN = PARTS["head_neck"].stop  # the skin: ICT's face and head-and-neck vertices [0, SKIN)
 
 
 @dataclass
@@ -143,9 +144,8 @@ class _Data:
 
 def finetune_expressions(cfg: ExpressionFinetuneConfig, log=print) -> dict:
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from train.heads_data import HeadsDataConfig, head_weights, plan_items
     from train.ict import default_ict_path, load_ict
-    from train.landmark_assets import head_identities
+    from train.landmark_assets import head_expressions
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,14 +158,8 @@ def finetune_expressions(cfg: ExpressionFinetuneConfig, log=print) -> dict:
         layer = widen_deformation(layer, cfg.deform_hidden, cfg.seed)
     if "ict_w_ex" in codes:
         raise InputError(f"{cfg.head_path}: already fine-tuned (its codes hold ict_w_ex); start from the original head")
-    files = meta.get("train_files") or []
-    if len(files) != len(codes["z_ex"]):
-        raise InputError(f"{cfg.head_path}: its meta does not list one training file per expression code")
-    w_train, _, _ = head_identities(meta, kit, cfg.data_seed, cfg.identities)  # row i = z_id[i]
-    plan = {f"id{it.identity:04d}_ex{it.expression:03d}.npz": it
-            for it in plan_items(cfg.identities, cfg.expressions, HeadsDataConfig())}
-    old_w = np.stack([head_weights(kit, plan[f], cfg.data_seed, HeadsDataConfig())[1] for f in files])
-    old_ident = codes["identity_of_head"].long().numpy()
+    w_train, old_ident, old_w = head_expressions(codes, meta, kit, cfg.data_seed, cfg.identities, cfg.expressions)
+    files = meta["train_files"]  # one per expression code (head_expressions checked)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.data_seed, 77, cfg.seed]))
     n_id = len(codes["z_id"])
     new_w = new_expressions(kit, rng, n_id * cfg.new_per_identity)
@@ -201,7 +195,7 @@ def finetune_expressions(cfg: ExpressionFinetuneConfig, log=print) -> dict:
         log(f"resumed at step {step}")
     before = correspondence_report(layer, z_id, codes["z_ex"].float(), anchors, data, expressive, n_old,
                                    only_original=True) if step == 0 else None
-    lo = torch.tensor([-0.55, -0.5, -0.95]); hi = torch.tensor([0.55, 0.75, 0.4])
+    lo, hi = torch.as_tensor(BOX_MIN, dtype=torch.float32), torch.as_tensor(BOX_MAX, dtype=torch.float32)
     n_heads = len(data.w_ex)
     t = time.perf_counter()
     while step < cfg.steps:
@@ -218,7 +212,7 @@ def finetune_expressions(cfg: ExpressionFinetuneConfig, log=print) -> dict:
         cond = layer.deformation.condition(z_id[ident], z_ex[heads], anchors[ident])
         offsets = layer.deformation(posed, cond)[..., :3]
         d = (posed + offsets - canonical).norm(dim=-1) * MM_PER_UNIT
-        corresp = torch.where(d < 1.0, 0.5 * d ** 2, d - 0.5).mean()
+        corresp = torch.nn.functional.huber_loss(d, torch.zeros_like(d), delta=1.0)
         old = heads[heads < n_old]
         distill = torch.zeros(())
         if len(old):

@@ -1,6 +1,6 @@
 """``nphm-train forward-deformation``: fit :class:`model.forward_deformation.ForwardDeformation` to a head.
 
-Data: the head checkpoint's own training heads, whose ICT weights are known (:func:`head_expressions`:
+Data: the head checkpoint's own training heads, whose ICT weights are known (:func:`train.landmark_assets.head_expressions`:
 stored by ``nphm-train expression-finetune``, or re-derived from the data seed for a head trained by
 ``nphm-train head``). The pairs (canonical = the identity's ICT neutral, posed = the same vertices with the
 expression) are exact ICT correspondences in model units; the conditioning is the frozen head's
@@ -27,14 +27,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from model.errors import InputError
 from model.forward_deformation import (ForwardDeformation, ForwardDeformationConfig, head_condition,
                                        save_forward_deformation)
 from train.frame import ict_to_model
+from train.ict import PARTS
+from train.metrics import MM_PER_UNIT
 
-FACE = (0, 9409)
-HEAD = (9409, 11248)
-MM_PER_UNIT = 250.0
+FACE = (PARTS["face"].start, PARTS["face"].stop)
+HEAD = (PARTS["head_neck"].start, PARTS["head_neck"].stop)
 
 
 @dataclass
@@ -58,35 +58,12 @@ class ForwardTrainConfig:
     ict_path: Optional[str] = None
 
 
-def head_expressions(codes: dict, meta: dict, kit, data_seed: int, identities: int, expressions: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(w_id [N_id, K_id], identity [N], w_ex [N, K_ex])``: the ICT weights of a head's training identities
-    (row ``i`` = code ``z_id[i]``) and of each expression code's head. A head fine-tuned by
-    ``nphm-train expression-finetune`` stores them (``codes["ict_w_ex"]``); otherwise they are re-derived from
-    the data seed and the checkpoint's training files."""
-    from train.heads_data import HeadsDataConfig, head_weights, plan_items
-    from train.landmark_assets import head_identities
-
-    w_id, _, _ = head_identities(meta, kit, data_seed, identities)
-    ident = codes["identity_of_head"].long().numpy()
-    if "ict_w_ex" in codes:
-        return w_id, ident, codes["ict_w_ex"].float().numpy()
-    files = meta.get("train_files") or []
-    if len(files) != len(codes["z_ex"]):
-        raise InputError("head checkpoint: its meta does not list one training file per expression code")
-    plan = {f"id{it.identity:04d}_ex{it.expression:03d}.npz": it for it in plan_items(identities, expressions,
-                                                                                       HeadsDataConfig())}
-    missing = [f for f in files if f not in plan]
-    if missing:
-        raise InputError(f"training file {missing[0]} is not in the plan of seed {data_seed} with {identities} "
-                         f"identities x {expressions} expressions: wrong --data-seed/--identities/--expressions?")
-    return w_id, ident, np.stack([head_weights(kit, plan[f], data_seed, HeadsDataConfig())[1] for f in files])
-
-
 def head_pairs(layer, codes: dict, meta: dict, kit, data_seed: int, identities: int, expressions: int,
                landmark_points) -> dict:
     """Per training head: canonical and posed ICT vertices (model units, float32) of the face and head and of
     the landmarks, its conditioning vector, and its identity index."""
+    from train.landmark_assets import head_expressions
+
     w_id, ident, w_ex = head_expressions(codes, meta, kit, data_seed, identities, expressions)
     can, pos, lm_can, lm_pos = [], [], [], []
     neutral = [kit.vertices(w, np.zeros(kit.n_expression, np.float32)) for w in w_id]
@@ -146,9 +123,8 @@ def evaluate(module: ForwardDeformation, data: dict, heads: torch.Tensor) -> dic
 
 def train_forward_deformation(cfg: ForwardTrainConfig, log=print) -> dict:
     """Train (or resume) and write ``<out>/forward.pt`` and ``<out>/report.json``; returns the report."""
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import default_weights, load_checkpoint
     from model.landmarks import load_landmark_assets
-    from model.checkpoint import default_weights
     from train.ict import default_ict_path, load_ict
 
     out = Path(cfg.out_dir)
@@ -188,7 +164,7 @@ def train_forward_deformation(cfg: ForwardTrainConfig, log=print) -> dict:
         xc, target, cond = sample_batch(data, heads, cfg.points_per_head, jitter, g)
         # Huber on the distance in mm (1 mm): L2 near the truth, L1 for the few far-moving points
         d = (module(xc, cond) - target).norm(dim=-1) * MM_PER_UNIT
-        loss = torch.where(d < 1.0, 0.5 * d ** 2, d - 0.5).mean()
+        loss = torch.nn.functional.huber_loss(d, torch.zeros_like(d), delta=1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

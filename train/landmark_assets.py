@@ -234,6 +234,30 @@ def head_identities(meta: dict, kit: IctFaceKit, seed: int, n_ids: int, identity
             np.zeros((0, kit.n_identity)), {"seed": seed, "identities": n_ids, "train": train_ids, "heldout": held})
 
 
+def head_expressions(codes: dict, meta: dict, kit, data_seed: int, identities: int, expressions: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(w_id [N_id, K_id], identity [N], w_ex [N, K_ex])``: the ICT weights of a head's training identities
+    (row ``i`` = code ``z_id[i]``) and of each expression code's head. A head fine-tuned by
+    ``nphm-train expression-finetune`` stores them (``codes["ict_w_ex"]``); otherwise they are re-derived from
+    the data seed and the checkpoint's training files."""
+    from train.heads_data import HeadsDataConfig, head_weights, plan_items
+
+    w_id, _, _ = head_identities(meta, kit, data_seed, identities)
+    ident = codes["identity_of_head"].long().numpy()
+    if "ict_w_ex" in codes:
+        return w_id, ident, codes["ict_w_ex"].float().numpy()
+    files = meta.get("train_files") or []
+    if len(files) != len(codes["z_ex"]):
+        raise InputError("head checkpoint: its meta does not list one training file per expression code")
+    plan = {f"id{it.identity:04d}_ex{it.expression:03d}.npz": it for it in plan_items(identities, expressions,
+                                                                                       HeadsDataConfig())}
+    missing = [f for f in files if f not in plan]
+    if missing:
+        raise InputError(f"training file {missing[0]} is not in the plan of seed {data_seed} with {identities} "
+                         f"identities x {expressions} expressions: wrong --data-seed/--identities/--expressions?")
+    return w_id, ident, np.stack([head_weights(kit, plan[f], data_seed, HeadsDataConfig())[1] for f in files])
+
+
 def canonical_landmarks(kit: IctFaceKit, w_id: np.ndarray, embeddings: list[LandmarkEmbedding]) -> np.ndarray:
     """``[N, L, 3]`` canonical landmarks (model units) of identities ``[N, K_id]``, embeddings concatenated."""
     zero = np.zeros(kit.n_expression, np.float32)

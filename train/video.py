@@ -128,6 +128,14 @@ STRONG_EXPRESSIONS: tuple[tuple[str, ...], ...] = (
 blendshapes set together."""
 
 
+def strong_video_config(cfg: VideoConfig) -> VideoConfig:
+    """``cfg`` with strong expressions (``nphm-train data videos --strong``): random keyframes at 0.7-1 of the
+    sampler's strength, half the keyframes one of :data:`STRONG_EXPRESSIONS`, speech with the jaw at 0.5-1,
+    blinks at 0.5 Hz."""
+    return dataclasses.replace(cfg, expression_gain=(0.7, 1.0), strong_keyframes=0.5, jaw_amplitude=(0.5, 1.0),
+                               blink_rate_hz=0.5)
+
+
 def strong_expression(rng: np.random.Generator, names) -> np.ndarray:
     """``[K_ex]`` one of :data:`STRONG_EXPRESSIONS` at intensity U(0.7, 1) (``jawOpen`` with a funnel at half)."""
     names = list(names)

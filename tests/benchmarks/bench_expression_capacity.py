@@ -12,10 +12,15 @@ relative to the neutral face; 1 = all of it; features as in :mod:`train.expressi
   ``browInnerUp`` + ``browOuterUp``, ``browInnerUp`` alone, ``browDown``, ``mouthSmile``), projected by a 1000 px camera 0.5 m away, fitted from
   PnP with the default start stages. It tells whether the fit reaches strong expressions with no detector.
 
-``--no-forward`` starts every inversion at the canonical points (the tracker before the forward model).
+``--no-forward`` poses by inverting the backward field from the canonical points (the tracker before the
+forward model); the ``codes`` rows then also give ``ratio_from_truth_start``, the same inversion started at
+the true posed landmarks (a root near the truth that the canonical start misses). ``--huber`` sets the fit's
+expression-stage Huber scale.
 Prints one JSON line::
 
     python tests/benchmarks/bench_expression_capacity.py --threads 2
+    python tests/benchmarks/bench_expression_capacity.py --threads 2 --huber 0.03
+    python tests/benchmarks/bench_expression_capacity.py --threads 2 --head runs/head_v1.pt --no-forward
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from tracker.landmark_fit import Observation, Shared, fit, newton_refine, project, start_state  # noqa: E402
 from tracker.landmark_tracker import LandmarkStrategy, build_rig  # noqa: E402
 from tracker.predict import Models  # noqa: E402
-from train.forward_deformation_training import head_expressions  # noqa: E402
+from train.landmark_assets import head_expressions  # noqa: E402
 from train.frame import UNITS_PER_CM, ict_to_model  # noqa: E402
 from train.ict import default_ict_path, load_ict  # noqa: E402
 
@@ -55,13 +61,14 @@ def distance(x, a: int, b: int) -> float:
 
 
 def feature_ratios(fitted, truth, neutral, eye: float, min_motion: float = 0.015) -> dict:
-    """``{feature: fitted motion / true motion}`` for features the truth moves by >= ``min_motion`` eye
-    distances (points ``[L, 2 or 3]``)."""
+    """``{feature: fitted motion / true motion, feature_true_pct_eye: the true motion in % of the eye
+    distance}`` for features the truth moves by >= ``min_motion`` eye distances (points ``[L, 2 or 3]``)."""
     out = {}
     for name, (a, b) in PAIRS.items():
         true = (distance(truth, a, b) - distance(neutral, a, b)) / eye
         if abs(true) >= min_motion:
             out[name] = round((distance(fitted, a, b) - distance(neutral, a, b)) / eye / true, 3)
+            out[f"{name}_true_pct_eye"] = round(100 * true, 1)
     return out
 
 
@@ -80,9 +87,14 @@ def code_capacity(models: Models, rig, kit, data_seed: int, identities: int, exp
             eye = distance(can, 33, 263)
             a, b = PAIRS[feature]
             true = distance(truth, a, b) - distance(can, a, b)
-            rows.append({"weight": round(float(w_ex[k, names.index(shape)]), 2),
-                         "ratio": round((distance(x.numpy(), a, b) - distance(can, a, b)) / true, 3),
-                         "true_motion_pct_eye": round(100 * true / eye, 1)})
+            row = {"weight": round(float(w_ex[k, names.index(shape)]), 2),
+                   "ratio": round((distance(x.numpy(), a, b) - distance(can, a, b)) / true, 3),
+                   "true_motion_pct_eye": round(100 * true / eye, 1)}
+            if rig.forward is None:  # the same inversion started at the truth: is there a root near it?
+                xt, _ = newton_refine(rig, can, models.codes["z_id"][i], models.codes["z_ex"][k],
+                                      torch.as_tensor(truth, dtype=torch.float32), steps=8)
+                row["ratio_from_truth_start"] = round((distance(xt.numpy(), a, b) - distance(can, a, b)) / true, 3)
+            rows.append(row)
         out[shape] = {"feature": feature, "heads": rows, "mean_ratio": round(float(np.mean([r["ratio"] for r in rows])), 3)}
     return out
 
@@ -122,6 +134,8 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=1, help="the head's data seed (shipped head: 1)")
     ap.add_argument("--identities", type=int, default=80)
     ap.add_argument("--expressions", type=int, default=8)
+    ap.add_argument("--huber", type=float, default=None,
+                    help="Huber scale of the expression stages of the fit [default: the tracker's]")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -136,6 +150,9 @@ def main() -> None:
         models.forward = None
     kit = load_ict(default_ict_path())
     strategy = LandmarkStrategy()
+    if args.huber is not None:
+        strategy.start_stages = [replace(st, huber=args.huber) if "z_ex" in st.params else st
+                                 for st in strategy.start_stages]
     rig = build_rig(models.layer, models.codes, models.landmarks, strategy, models.forward)
     print(json.dumps({"bench": "expression_capacity", "head": args.head or "default",
                       "forward": None if models.forward is None else (args.forward or "the head's"),

@@ -3,7 +3,8 @@ import torch
 
 from model.errors import InputError
 from model.forward_deformation import (ForwardDeformation, ForwardDeformationConfig, forward_for_head,
-                                       load_forward_deformation, posed_start, save_forward_deformation)
+                                       load_forward_deformation, posed_start, resolve_posing,
+                                       save_forward_deformation)
 
 
 def tiny() -> ForwardDeformation:
@@ -63,3 +64,12 @@ def test_posed_start_without_forward_is_the_canonical_points():
 def test_shipped_head_has_its_forward_model(tmp_path):
     assert isinstance(forward_for_head(None), ForwardDeformation)
     assert forward_for_head(tmp_path / "other_head.pt") is None  # no <stem>.forward.pt beside it
+
+
+def test_resolve_posing():
+    m = tiny()
+    assert resolve_posing(None, m) == "forward" and resolve_posing(None, None) == "inverse"
+    assert resolve_posing("inverse", m) == "inverse"
+    for bad, fwd in (("forward", None), ("sideways", m)):
+        with pytest.raises(InputError, match="posing"):
+            resolve_posing(bad, fwd)

@@ -118,3 +118,25 @@ def test_export_track_refusals(tmp_path, head):
     with pytest.raises(InputError, match="gone.pt: the head checkpoint the track was made with is missing"):
         export_track(gone, tmp_path / "anim.npz", progress=False)
     assert not (tmp_path / "anim.npz").exists()
+
+
+def test_forward_posing_bakes_the_forward_pass(head):
+    """With the head's forward deformation the baked vertices are one pass of it (no inversion); "forward"
+    without a forward model is refused."""
+    from model.forward_deformation import forward_for_head, forward_posed
+
+    layer, codes, meta = head
+    forward = forward_for_head(None)
+    z_id = codes["z_id"][:1]
+    z_neutral = neutral_expression(codes, layer.cfg.expr_dim)[None]
+    fwd = Baker(layer, z_id, z_neutral, *head_bbox(meta), resolution=RES, forward=forward)
+    assert fwd.posing == "forward"
+    assert Baker(layer, z_id, z_neutral, *head_bbox(meta), resolution=RES).posing == "inverse"
+    z = codes["z_ex"][5:6]
+    v = fwd.vertices(z)
+    with torch.no_grad():
+        ref = forward_posed(forward, layer, fwd.topology.canonical_vertices[None].float(), z_id, z)[0].numpy()
+    np.testing.assert_allclose(v, ref, atol=1e-6)
+    assert np.abs(v - fwd.vertices(z_neutral)).max() > 1e-3  # the expression moves the mesh
+    with pytest.raises(InputError, match="posing"):
+        Baker(layer, z_id, z_neutral, *head_bbox(meta), resolution=RES, posing="forward")
