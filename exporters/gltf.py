@@ -17,6 +17,7 @@ in memory (``N x V x 3`` float32) because the basis needs all of them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,53 +62,77 @@ class GLTFWriter(AnimationWriter):
         base, offsets, weights = pca_basis(frames, self.morph_targets)  # [V,3], [K,V,3], [N,K]
         err = reconstruction_error(frames, base, offsets, weights)
         del frames
-        times = (np.arange(len(weights)) / self.fps).astype(np.float32)  # [N]
-        blob = bytearray()
-        views: list[gl.BufferView] = []
-        accessors: list[gl.Accessor] = []
-
-        def add(arr: np.ndarray, ctype: int, atype: str, target: int | None, minmax: bool) -> int:
-            data = np.ascontiguousarray(arr).tobytes()
-            views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data), target=target))
-            blob.extend(data)
-            blob.extend(b"\0" * (-len(blob) % 4))
-            count = int(arr.size) if atype == gl.SCALAR else int(arr.shape[0])
-            acc = gl.Accessor(bufferView=len(views) - 1, componentType=ctype, type=atype, count=count)
-            if minmax:
-                flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-                acc.min = flat.min(axis=0).astype(float).tolist()
-                acc.max = flat.max(axis=0).astype(float).tolist()
-            accessors.append(acc)
-            return len(accessors) - 1
-
-        pos = add(base, FLOAT, gl.VEC3, gl.ARRAY_BUFFER, True)
-        idx = add(self.faces.astype(np.uint32).reshape(-1), UINT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER, False)
-        attrs = gl.Attributes(POSITION=pos)
-        if self.vertex_colors is not None:
-            attrs.COLOR_0 = add(self.vertex_colors, FLOAT, gl.VEC3, gl.ARRAY_BUFFER, False)
-        targets = [{"POSITION": add(off, FLOAT, gl.VEC3, gl.ARRAY_BUFFER, True)} for off in offsets]
-        t_in = add(times, FLOAT, gl.SCALAR, None, True)
-        w_out = add(weights.reshape(-1), FLOAT, gl.SCALAR, None, False)
         k = len(offsets)
-        prim = gl.Primitive(attributes=attrs, indices=idx, targets=targets, mode=gl.TRIANGLES)
-        mesh = gl.Mesh(name="Head", primitives=[prim], weights=[0.0] * k,
-                       extras={"targetNames": [f"shape_{i:03d}" for i in range(k)]})
-        anim = gl.Animation(name="expression",
-                            samplers=[gl.AnimationSampler(input=t_in, output=w_out, interpolation="LINEAR")],
-                            channels=[gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(
-                                node=0, path="weights"))])
         extras = {"morph_targets": k, "max_reconstruction_error": err}
-        doc = gl.GLTF2(
-            asset=gl.Asset(version="2.0", generator="nphm-track exporters.gltf",
-                           extras={"fps": self.fps, "start_frame": self.start_frame, **extras}),
-            scene=0, scenes=[gl.Scene(nodes=[0])], nodes=[gl.Node(name="Head", mesh=0)], meshes=[mesh],
-            accessors=accessors, bufferViews=views, animations=[anim],
-            buffers=[gl.Buffer(byteLength=len(blob))])
-        if self.tmp.suffix.lower() == ".gltf":
-            doc.buffers[0].uri = self._bin_name
-            self._bin_tmp.write_bytes(bytes(blob))
-            doc.save_json(str(self.tmp))
-        else:
-            doc.set_binary_blob(bytes(blob))
-            doc.save_binary(str(self.tmp))
+        doc, blob = morph_document(self.faces, base, offsets, [f"shape_{i:03d}" for i in range(k)], weights, self.fps,
+                                   vertex_colors=self.vertex_colors,
+                                   extras={"fps": self.fps, "start_frame": self.start_frame, **extras})
+        gltf = self.tmp.suffix.lower() == ".gltf"
+        save_document(doc, blob, self.tmp, *((self._bin_name, self._bin_tmp) if gltf else ()))
         return extras
+
+
+def morph_document(faces: np.ndarray, base: np.ndarray, offsets: np.ndarray, names: list[str], weights: np.ndarray,
+                   fps: float, *, vertex_colors: np.ndarray | None = None, extras: dict | None = None,
+                   node_motion: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[gl.GLTF2, bytes]:
+    """A glTF document (and its binary buffer) of one node "Head" with one mesh: ``POSITION`` = ``base
+    [V, 3]``, morph targets ``offsets [K, V, 3]`` named ``names`` in ``mesh.extras.targetNames`` (Blender's
+    importer makes them shape keys), and an animation "expression" of the morph ``weights [N, K]``, one
+    LINEAR keyframe per frame at ``i / fps`` seconds. ``node_motion = (translations [N, 3], rotations [N, 4]
+    xyzw quaternions)`` animates the node too (the head pose). ``extras`` go into ``asset.extras``."""
+    times = (np.arange(len(weights)) / fps).astype(np.float32)  # [N]
+    blob = bytearray()
+    views: list[gl.BufferView] = []
+    accessors: list[gl.Accessor] = []
+
+    def add(arr: np.ndarray, ctype: int, atype: str, target: int | None, minmax: bool) -> int:
+        data = np.ascontiguousarray(arr).tobytes()
+        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data), target=target))
+        blob.extend(data)
+        blob.extend(b"\0" * (-len(blob) % 4))
+        count = int(arr.size) if atype == gl.SCALAR else int(arr.shape[0])
+        acc = gl.Accessor(bufferView=len(views) - 1, componentType=ctype, type=atype, count=count)
+        if minmax:
+            flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+            acc.min = flat.min(axis=0).astype(float).tolist()
+            acc.max = flat.max(axis=0).astype(float).tolist()
+        accessors.append(acc)
+        return len(accessors) - 1
+
+    f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+    pos = add(f32(base), FLOAT, gl.VEC3, gl.ARRAY_BUFFER, True)
+    idx = add(np.asarray(faces).astype(np.uint32).reshape(-1), UINT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER, False)
+    attrs = gl.Attributes(POSITION=pos)
+    if vertex_colors is not None:
+        attrs.COLOR_0 = add(f32(vertex_colors), FLOAT, gl.VEC3, gl.ARRAY_BUFFER, False)
+    targets = [{"POSITION": add(f32(off), FLOAT, gl.VEC3, gl.ARRAY_BUFFER, True)} for off in offsets]
+    t_in = add(times, FLOAT, gl.SCALAR, None, True)
+    samplers = [gl.AnimationSampler(input=t_in, output=add(f32(weights).reshape(-1), FLOAT, gl.SCALAR, None, False),
+                                    interpolation="LINEAR")]
+    channels = [gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(node=0, path="weights"))]
+    if node_motion is not None:
+        for path, arr, atype in (("translation", node_motion[0], gl.VEC3), ("rotation", node_motion[1], gl.VEC4)):
+            samplers.append(gl.AnimationSampler(input=t_in, output=add(f32(arr), FLOAT, atype, None, False),
+                                                interpolation="LINEAR"))
+            channels.append(gl.AnimationChannel(sampler=len(samplers) - 1,
+                                                target=gl.AnimationChannelTarget(node=0, path=path)))
+    prim = gl.Primitive(attributes=attrs, indices=idx, targets=targets, mode=gl.TRIANGLES)
+    mesh = gl.Mesh(name="Head", primitives=[prim], weights=[0.0] * len(offsets), extras={"targetNames": list(names)})
+    anim = gl.Animation(name="expression", samplers=samplers, channels=channels)
+    doc = gl.GLTF2(
+        asset=gl.Asset(version="2.0", generator="nphm-track exporters.gltf", extras=dict(extras or {})),
+        scene=0, scenes=[gl.Scene(nodes=[0])], nodes=[gl.Node(name="Head", mesh=0)], meshes=[mesh],
+        accessors=accessors, bufferViews=views, animations=[anim], buffers=[gl.Buffer(byteLength=len(blob))])
+    return doc, bytes(blob)
+
+
+def save_document(doc: gl.GLTF2, blob: bytes, tmp, bin_name: str | None = None, bin_tmp=None) -> None:
+    """Write ``doc`` to ``tmp``: binary ``.glb`` with the buffer inside, or ``.gltf`` JSON whose buffer is the
+    file ``bin_name`` (written to ``bin_tmp``)."""
+    if str(tmp).lower().endswith(".gltf"):
+        doc.buffers[0].uri = bin_name
+        Path(bin_tmp).write_bytes(blob)
+        doc.save_json(str(tmp))
+    else:
+        doc.set_binary_blob(blob)
+        doc.save_binary(str(tmp))

@@ -79,26 +79,12 @@ class USDWriter(AnimationWriter):
     # ---------------------------------------------------------------------------------------------- open
     def _open(self) -> None:
         Gf, Sdf, Usd, UsdGeom, UsdSkel, Vt = _usd()
-        self._stage = Usd.Stage.CreateNew(str(self.tmp))
+        self._stage = new_stage(self.tmp, self.metres_per_unit, self.fps, self.start_frame)
         st = self._stage
-        UsdGeom.SetStageUpAxis(st, UsdGeom.Tokens.y)
-        UsdGeom.SetStageMetersPerUnit(st, self.metres_per_unit)
-        st.SetTimeCodesPerSecond(self.fps)
-        st.SetFramesPerSecond(self.fps)
-        st.SetStartTimeCode(self.start_frame)
-        st.SetEndTimeCode(self.start_frame)
         root_type = UsdSkel.Root if self.blendshapes else UsdGeom.Xform
         self._root = root_type.Define(st, "/Head")
         st.SetDefaultPrim(self._root.GetPrim())
-        mesh = UsdGeom.Mesh.Define(st, "/Head/Mesh")
-        mesh.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(self.faces), 3, np.int32)))
-        mesh.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(self.faces.reshape(-1)))
-        mesh.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
-        mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
-        mesh.CreateDoubleSidedAttr(False)
-        if self.vertex_colors is not None:
-            pv = mesh.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex)
-            pv.Set(Vt.Vec3fArray.FromNumpy(self.vertex_colors))
+        mesh = define_mesh(st, "/Head/Mesh", self.faces, self.vertex_colors)
         self._mesh = mesh
         self._points = mesh.CreatePointsAttr()
         self._extent = mesh.CreateExtentAttr()
@@ -155,38 +141,10 @@ class USDWriter(AnimationWriter):
         err = reconstruction_error(frames, base, offsets, weights)
         del frames
         k = len(offsets)
-        names = [f"shape_{i:03d}" for i in range(k)]
-        self._points.Set(Vt.Vec3fArray.FromNumpy(base))
-        self._extent.Set(Vt.Vec3fArray.FromNumpy(bounds(base)))
         self._root.GetPrim().CreateAttribute("extent", Sdf.ValueTypeNames.Float3Array).Set(
             Vt.Vec3fArray.FromNumpy(np.stack(self._bounds)))
-        skel = UsdSkel.Skeleton.Define(st, "/Head/Skeleton")
-        identity = Vt.Matrix4dArray([Gf.Matrix4d(1.0)])
-        skel.CreateJointsAttr(["root"])
-        skel.CreateBindTransformsAttr(identity)
-        skel.CreateRestTransformsAttr(identity)
-        anim = UsdSkel.Animation.Define(st, "/Head/Anim")
-        anim.CreateJointsAttr(["root"])
-        anim.CreateTranslationsAttr(Vt.Vec3fArray([Gf.Vec3f(0.0)]))
-        anim.CreateRotationsAttr(Vt.QuatfArray([Gf.Quatf(1.0)]))
-        anim.CreateScalesAttr(Vt.Vec3hArray([Gf.Vec3h(1.0)]))
-        anim.CreateBlendShapesAttr(names)
-        w_attr = anim.CreateBlendShapeWeightsAttr()
-        for i in range(len(weights)):
-            w_attr.Set(Vt.FloatArray.FromNumpy(weights[i]), Usd.TimeCode(self.start_frame + i))
-        UsdSkel.BindingAPI.Apply(skel.GetPrim()).CreateAnimationSourceRel().SetTargets([anim.GetPath()])
-        binding = UsdSkel.BindingAPI.Apply(self._mesh.GetPrim())
-        binding.CreateSkeletonRel().SetTargets([skel.GetPath()])
-        binding.CreateJointIndicesPrimvar(constant=True, elementSize=1).Set(Vt.IntArray([0]))
-        binding.CreateJointWeightsPrimvar(constant=True, elementSize=1).Set(Vt.FloatArray([1.0]))
-        binding.CreateGeomBindTransformAttr(Gf.Matrix4d(1.0))
-        binding.CreateBlendShapesAttr(names)
-        targets = []
-        for name, off in zip(names, offsets):
-            shape = UsdSkel.BlendShape.Define(st, self._mesh.GetPath().AppendChild(name))
-            shape.CreateOffsetsAttr(Vt.Vec3fArray.FromNumpy(off))
-            targets.append(shape.GetPath())
-        binding.CreateBlendShapeTargetsRel().SetTargets(targets)
+        author_blendshapes(st, self._mesh, base, offsets, [f"shape_{i:03d}" for i in range(k)], weights,
+                           self.start_frame)
         return {"blendshapes": k, "max_reconstruction_error": err}
 
     def _release(self) -> None:
@@ -196,6 +154,77 @@ class USDWriter(AnimationWriter):
 
     def _discard(self) -> None:
         self._release()
+
+
+def new_stage(path, metres_per_unit: float, fps: float, start_frame: int):
+    """A new USD stage at ``path``: Y up, ``metersPerUnit``, time codes = frame numbers at ``fps``."""
+    Gf, Sdf, Usd, UsdGeom, UsdSkel, Vt = _usd()
+    st = Usd.Stage.CreateNew(str(path))
+    UsdGeom.SetStageUpAxis(st, UsdGeom.Tokens.y)
+    UsdGeom.SetStageMetersPerUnit(st, metres_per_unit)
+    st.SetTimeCodesPerSecond(fps)
+    st.SetFramesPerSecond(fps)
+    st.SetStartTimeCode(start_frame)
+    st.SetEndTimeCode(start_frame)
+    return st
+
+
+def define_mesh(stage, path: str, faces: np.ndarray, vertex_colors: np.ndarray | None):
+    """A triangle ``UsdGeom.Mesh`` at ``path`` with its topology (``faces [F, 3]``, counter-clockwise from
+    outside) and optional per-vertex display colours ``[V, 3]``; points are left to the caller."""
+    Gf, Sdf, Usd, UsdGeom, UsdSkel, Vt = _usd()
+    mesh = UsdGeom.Mesh.Define(stage, path)
+    mesh.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(faces), 3, np.int32)))
+    mesh.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(np.ascontiguousarray(faces, np.int32).reshape(-1)))
+    mesh.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
+    mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
+    mesh.CreateDoubleSidedAttr(False)
+    if vertex_colors is not None:
+        pv = mesh.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex)
+        pv.Set(Vt.Vec3fArray.FromNumpy(vertex_colors))
+    return mesh
+
+
+def author_blendshapes(stage, mesh, base: np.ndarray, offsets: np.ndarray, names: list[str], weights: np.ndarray,
+                       start_frame: int) -> None:
+    """Turn ``mesh`` (a child of a ``SkelRoot``) into UsdSkel blend shapes (module docstring's layout).
+
+    ``base [V, 3]`` becomes the mesh's points, each ``offsets [K, V, 3]`` a ``BlendShape`` child named
+    ``names[k]``; a ``Skeleton`` with one identity joint ``root`` beside the mesh has a ``SkelAnimation``
+    ``Anim`` as its ``skel:animationSource``, with time-sampled ``blendShapeWeights`` (``weights [N, K]``, frame
+    ``i`` at time code ``start_frame + i``), which is how Blender (4.0 and later) imports blend-shape animation.
+    """
+    Gf, Sdf, Usd, UsdGeom, UsdSkel, Vt = _usd()
+    parent = mesh.GetPath().GetParentPath()
+    mesh.GetPointsAttr().Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(base, np.float32)))
+    mesh.GetExtentAttr().Set(Vt.Vec3fArray.FromNumpy(bounds(base)))
+    skel = UsdSkel.Skeleton.Define(stage, parent.AppendChild("Skeleton"))
+    identity = Vt.Matrix4dArray([Gf.Matrix4d(1.0)])
+    skel.CreateJointsAttr(["root"])
+    skel.CreateBindTransformsAttr(identity)
+    skel.CreateRestTransformsAttr(identity)
+    anim = UsdSkel.Animation.Define(stage, parent.AppendChild("Anim"))
+    anim.CreateJointsAttr(["root"])
+    anim.CreateTranslationsAttr(Vt.Vec3fArray([Gf.Vec3f(0.0)]))
+    anim.CreateRotationsAttr(Vt.QuatfArray([Gf.Quatf(1.0)]))
+    anim.CreateScalesAttr(Vt.Vec3hArray([Gf.Vec3h(1.0)]))
+    anim.CreateBlendShapesAttr(list(names))
+    w_attr = anim.CreateBlendShapeWeightsAttr()
+    for i in range(len(weights)):
+        w_attr.Set(Vt.FloatArray.FromNumpy(np.ascontiguousarray(weights[i], np.float32)), Usd.TimeCode(start_frame + i))
+    UsdSkel.BindingAPI.Apply(skel.GetPrim()).CreateAnimationSourceRel().SetTargets([anim.GetPath()])
+    binding = UsdSkel.BindingAPI.Apply(mesh.GetPrim())
+    binding.CreateSkeletonRel().SetTargets([skel.GetPath()])
+    binding.CreateJointIndicesPrimvar(constant=True, elementSize=1).Set(Vt.IntArray([0]))
+    binding.CreateJointWeightsPrimvar(constant=True, elementSize=1).Set(Vt.FloatArray([1.0]))
+    binding.CreateGeomBindTransformAttr(Gf.Matrix4d(1.0))
+    binding.CreateBlendShapesAttr(list(names))
+    targets = []
+    for name, off in zip(names, offsets):
+        shape = UsdSkel.BlendShape.Define(stage, mesh.GetPath().AppendChild(name))
+        shape.CreateOffsetsAttr(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(off, np.float32)))
+        targets.append(shape.GetPath())
+    binding.CreateBlendShapeTargetsRel().SetTargets(targets)
 
 
 def validate_usd(path) -> list[str]:

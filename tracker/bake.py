@@ -21,10 +21,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from exporters.base import ExportResult
+from exporters.gltf import GLTFWriter
 from exporters.mdd import MDDWriter
+from exporters.usd import USDWriter
 from exporters.registry import open_writer, writer_class
 from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
+from model.arkit import rig_for_head
+from model.arkit_regressor import default_arkit_regressor
 from model.forward_deformation import forward_for_head, forward_posed, posed_start, resolve_posing
 from model.head import HeadLayer
 from model.topology import FixedTopology
@@ -180,7 +184,7 @@ def resolve_head(head: str | os.PathLike | None, recorded: str = "default") -> P
 def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLike,
                  head: str | os.PathLike | None = None, resolution: int = 128, with_pose: bool = False,
                  progress: bool = True, *, max_iter: int = 20, fps: float | None = None, units: str = "m",
-                 **options: Any) -> ExportResult:
+                 rig: str | None = None, **options: Any) -> ExportResult:
     """Bake every frame of a track into a fixed-topology animation written to ``out``.
 
     Args:
@@ -197,11 +201,19 @@ def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLik
         fps: output frame rate; default the track's. One output frame per track row (frame ``i`` at
             ``i / fps``; the true times stay in the track's ``time_s``).
         units, **options: passed to :func:`exporters.open_writer` (``blendshapes``, ``morph_targets``).
+        rig: ``"arkit"``: write the identity's personalised ARKit rig animated by the track's ARKit curves
+            (:mod:`tracker.arkit`; ``.glb``, ``.gltf``, ``.usd*`` only); ``None`` or ``"pca"``: the baked mesh
+            animation (with a PCA basis where ``blendshapes``/``morph_targets`` ask for one). A ``.csv`` ``out``
+            is a Live Link Face take of the curves. Curves a track lacks are solved here.
 
     Gap frames (no face seen) hold the last usable frame's expression (and pose); gaps at the start take
     the first usable frame's. ``result.extras`` gets ``gap_frames`` and ``unconverged_vertex_frames``.
     """
-    cls = writer_class(out)  # unknown extension: fail before any work
+    arkit_out = check_arkit_target(out, rig)
+    cls = None if arkit_out else writer_class(out)  # unknown extension: fail before any work
+    if not arkit_out:
+        for k, v in pca_options(out, rig).items():
+            options.setdefault(k, v)
     track = track_or_path if isinstance(track_or_path, Track) else load_track(track_or_path)
     head_path = resolve_head(head, track.head)
     layer, codes, meta = load_checkpoint(head_path)
@@ -214,9 +226,14 @@ def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLik
     poses = hold_over_gaps(track.pose, track.usable) if with_pose else None  # [T, 6]
     baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, cfg.expr_dim)[None],
                   *head_bbox(meta), resolution=resolution, max_iter=max_iter, forward=forward_for_head(head_path))
+    fps = track.fps if fps is None else fps
+    if arkit_out:
+        if options:
+            raise InputError(f"{out}: {', '.join(options)}: not with an ARKit rig or take")
+        return export_arkit(track, out, layer, baker, rig_for_head(head_path), head_path, with_pose=with_pose,
+                            fps=fps, units=units)
     if cls is MDDWriter:
         options.setdefault("n_frames", track.n_frames)
-    fps = track.fps if fps is None else fps
     with open_writer(out, baker.faces, baker.n_vertices, fps, units=units, **options) as writer:
         for i in tqdm(range(track.n_frames), desc="frames", unit="frame", disable=not progress):
             writer.append(baker.vertices(z_ex[i:i + 1]), None if poses is None else baker.transform(poses[i]))
@@ -226,3 +243,100 @@ def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLik
     if note and progress:
         print(note)
     return result
+
+
+RIGS = ("pca", "arkit")
+"""``--rig``: what a blend-shape export holds: a PCA basis of the baked frames, or the personalised ARKit rig."""
+
+
+def check_arkit_target(out: str | os.PathLike, rig: str | None) -> bool:
+    """Whether ``out`` takes ARKit curves (a ``.csv`` take, or ``rig="arkit"``); :class:`InputError` (one
+    line) for a rig the format cannot hold or an unknown rig."""
+    from exporters.rig import check_rig_target
+
+    if rig is not None and rig not in RIGS:
+        raise InputError(f"--rig: unknown rig {rig!r}; known: {', '.join(RIGS)}")
+    csv = Path(out).suffix.lower() == ".csv"
+    if csv and rig == "pca":
+        raise InputError(f"{out}: a .csv take holds ARKit curves; --rig pca needs a mesh format")
+    if rig == "arkit" and not csv:
+        check_rig_target(out)
+    return csv or rig == "arkit"
+
+
+def pca_options(out: str | os.PathLike, rig: str | None) -> dict[str, Any]:
+    """Writer options of a mesh export (:class:`InputError` for an unknown extension): ``rig="pca"`` asks
+    USD for 32 PCA blend shapes (glTF always writes PCA morph targets) and is refused by other formats."""
+    cls = writer_class(out)
+    if rig != "pca":
+        return {}
+    if cls is USDWriter:
+        return {"blendshapes": 32}
+    if cls is GLTFWriter:
+        return {}
+    raise InputError(f"{out}: --rig pca needs a format with blend shapes (.usd .usdc .usda .glb .gltf)")
+
+
+def export_arkit(track: Track, out: str | os.PathLike, layer: HeadLayer, baker: Baker, arkit_rig: Any,
+                 head_path: str | os.PathLike, *, with_pose: bool, fps: float, units: str = "m") -> ExportResult:
+    """Write ``track``'s ARKit curves as a Live Link Face take (``.csv``) or its identity's personalised ARKit
+    rig (:func:`tracker.arkit.write_arkit`), solving the curves first when the track lacks them."""
+    from tracker.arkit import CurveSolver, track_curves, write_arkit
+
+    if arkit_rig is None:
+        raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
+    solver = None
+    if track.arkit is None or Path(out).suffix.lower() != ".csv":
+        solver = CurveSolver(layer, baker.forward, baker.z_id, arkit_rig, baker.topology.canonical_vertices)
+    if track.arkit is None:
+        track_curves(track, layer, baker.forward, arkit_rig, baker.topology.canonical_vertices, solver=solver,
+                     regressor=default_arkit_regressor())
+    return write_arkit(out, track, solver.personal if solver is not None else None, baker.faces,
+                       with_pose=with_pose, fps=fps, units=units)
+
+
+def add_arkit_curves(track: Track, head: str | os.PathLike | None = None, resolution: int = 128,
+                     regressor: Any = "default", **solver_options: Any) -> Any:
+    """Solve the ARKit curves of a track that lacks them (tracked before they existed, or with another rig)
+    and store them on it (:func:`tracker.arkit.track_curves`; ``regressor``: the shipped landmark regressor by
+    default, ``None`` for the solve of the tracked expression, whose :class:`~tracker.arkit.CurveSolver` takes
+    ``solver_options``); returns the solver."""
+    from tracker.arkit import CurveSolver, track_curves
+
+    head_path = resolve_head(head, track.head)
+    layer, codes, meta = load_checkpoint(head_path)
+    arkit_rig = rig_for_head(head_path)
+    if arkit_rig is None:
+        raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
+    baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, layer.cfg.expr_dim)[None],
+                  *head_bbox(meta), resolution=resolution, forward=forward_for_head(head_path))
+    canonical = baker.topology.canonical_vertices
+    solver = CurveSolver(layer, baker.forward, baker.z_id, arkit_rig, canonical, **solver_options)
+    if isinstance(regressor, str) and regressor == "default":
+        regressor = default_arkit_regressor()
+    return track_curves(track, layer, baker.forward, arkit_rig, canonical, solver=solver, regressor=regressor)
+
+
+def export_personal_rig(z_id: np.ndarray, out: str | os.PathLike, head: str | os.PathLike | None = None,
+                        resolution: int = 128, fps: float = 30.0, units: str = "m") -> ExportResult:
+    """The personalised ARKit rig of identity ``z_id [D_id]`` alone (neutral mesh + 52 named targets, every
+    weight 0 on its one frame), for driving one's own likeness with any ARKit source (``.glb``, ``.gltf``,
+    ``.usd*``)."""
+    from exporters.rig import BlendShapeRig, check_rig_target, write_rig
+    from model.arkit import ARKIT_NAMES
+    from tracker.arkit import PersonalRig
+
+    check_rig_target(out)
+    head_path = resolve_head(head)
+    layer, codes, meta = load_checkpoint(head_path)
+    arkit_rig = rig_for_head(head_path)
+    if arkit_rig is None:
+        raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
+    z = torch.as_tensor(np.asarray(z_id, np.float32)).reshape(1, -1)
+    if z.shape[1] != layer.cfg.id_dim:
+        raise InputError(f"{head_path}: takes z_id [{layer.cfg.id_dim}], got [{z.shape[1]}]")
+    baker = Baker(layer, z, neutral_expression(codes, layer.cfg.expr_dim)[None], *head_bbox(meta),
+                  resolution=resolution, forward=forward_for_head(head_path))
+    personal = PersonalRig.build(layer, baker.forward, z, arkit_rig, baker.topology.canonical_vertices)
+    return write_rig(out, baker.faces, BlendShapeRig(personal.neutral, personal.offsets, list(ARKIT_NAMES)),
+                     np.zeros((1, len(ARKIT_NAMES)), np.float32), fps, units=units)

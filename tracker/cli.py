@@ -31,10 +31,19 @@ def main() -> None:
       nphm-track videos/ --out results/              every video of a folder
       nphm-track export anim.track.npz --out a.abc   re-export a track without re-tracking
       nphm-track transfer src.track.npz face.jpg --out t.usd   expressions onto another identity
+      nphm-track video.mp4 --out take.csv            ARKit-52 curves (a Live Link Face take)
+      nphm-track video.mp4 --out me.glb --rig arkit  your face as 52 ARKit shape keys, animated
+      nphm-track rig face.jpg --out me.glb           your face as an ARKit rig, to drive with any source
 
     Every command has --help.
     """
 
+
+RIG_CHOICES = ["pca", "arkit"]
+RIG_HELP = ("What a .usd/.glb/.gltf holds: arkit = your own face as 52 ARKit blend shapes (named as Apple names "
+            "them; Blender makes them shape keys) animated by the tracked ARKit curves; pca = 32 principal shapes "
+            "of the baked frames (meaningless to an artist, but any expression). Default: the baked mesh per frame "
+            "(time-sampled points in USD, exact; glTF always stores PCA morph targets).")
 
 _MODEL_OPTIONS = [
     click.option("--head", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -61,8 +70,9 @@ def model_options(fn):
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Video: the animation (.usd .usdc .usda .abc .pc2 .mdd .glb .gltf .npz, folder/ or "
-                   "name_####.obj|ply), plus a track file <out>.track.npz beside it. Image: the mesh (.obj .ply "
-                   ".stl or any of those). Folder of videos: the output folder.")
+                   "name_####.obj|ply), or a Live Link Face take of the ARKit-52 curves (.csv), plus a track file "
+                   "<out>.track.npz beside it. Image: the mesh (.obj .ply .stl or any of those). Folder of videos: "
+                   "the output folder.")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Video only: also write an mp4 of the tracked mesh drawn over the input.")
 @click.option("--format", "ext", default=".usd", show_default=True,
@@ -91,6 +101,7 @@ def model_options(fn):
 @click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
               help="Marching-cubes resolution of the output mesh.")
 @click.option("--with-pose", is_flag=True, help="Video: export the rigid head motion too (camera frame, Y up).")
+@click.option("--rig", type=click.Choice(RIG_CHOICES), default=None, help=RIG_HELP)
 @click.option("--focal", type=float, default=None,
               help="Focal length of the camera in pixels, the start of its estimate over the identity keyframes "
                    "[default: 1.3 x the frame's longer side].")
@@ -104,7 +115,7 @@ def model_options(fn):
 @one_line_errors("nphm-track")
 def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int, engine: str, address: str | None,
           cpus_per_task: float | None, gpus_per_task: float | None, retries: int | None, decoder: str, device: str,
-          tto: bool, steps: int, resolution: int, with_pose: bool, focal: float | None, evidence: str,
+          tto: bool, steps: int, resolution: int, with_pose: bool, rig: str | None, focal: float | None, evidence: str,
           max_frames: int | None, quiet: bool, head: Path | None, normal_encoder: Path | None, point_encoder: Path | None,
           regressor: Path | None, landmarks: Path | None) -> None:
     """Track SOURCE (a video, a photo, or a folder of videos) into an animated head.
@@ -139,7 +150,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     from tracker.pipeline import TrackConfig, track_video
 
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
-                      focal_px=focal, max_frames=max_frames, evidence=evidence)
+                      focal_px=focal, max_frames=max_frames, evidence=evidence, rig=rig)
     models = None if all(v is None for v in weights.values()) else Models.load(device=device, **weights)
     res = track_video(source, out, cfg, models=models, preview=preview, progress=not quiet)
     click.echo(f"wrote {res.out} ({res.frames} frames: {res.tracked} tracked, {res.held} held, {res.gaps} without "
@@ -192,7 +203,8 @@ def _track_folder(source: Path, out: Path, ext: str, engine: Engine, decoder: st
 @click.argument("animation", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Output file; the extension picks the format (.usd .usdc .usda .abc .pc2 .mdd .glb .gltf "
-                   ".npz); a folder/ or name_####.obj|.ply writes a mesh sequence.")
+                   ".npz); a folder/ or name_####.obj|.ply writes a mesh sequence; a track's .csv is a Live Link "
+                   "Face take of its ARKit-52 curves.")
 @click.option("--fps", type=float, default=None, help="Frame rate; default: the one stored in the file.")
 @click.option("--units", type=click.Choice(["m", "cm", "mm"]), default=None,
               help="Output units; default: the file's own units (metres).")
@@ -204,10 +216,12 @@ def _track_folder(source: Path, out: Path, ext: str, engine: Engine, decoder: st
 @click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
               help="Track input: marching-cubes resolution of the mesh.")
 @click.option("--with-pose", is_flag=True, help="Track input: export the rigid head motion too.")
+@click.option("--rig", type=click.Choice(RIG_CHOICES), default=None, help="Track input: " + RIG_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @one_line_errors("nphm-track")
 def export(animation: Path, out: Path, fps: float | None, units: str | None, blendshapes: int | None,
-           morph_targets: int | None, head: Path | None, resolution: int, with_pose: bool, quiet: bool) -> None:
+           morph_targets: int | None, head: Path | None, resolution: int, with_pose: bool, rig: str | None,
+           quiet: bool) -> None:
     """Re-export a track file (<name>.track.npz, written beside every tracked video) or convert an
     animation NPZ (written by the NPZ exporter) to another format, without tracking again."""
     from exporters import convert_animation
@@ -219,8 +233,11 @@ def export(animation: Path, out: Path, fps: float | None, units: str | None, ble
         from tracker.bake import export_track
 
         result = export_track(animation, out, head=head, resolution=resolution, with_pose=with_pose,
-                              progress=not quiet, fps=fps, units=units or "m", **options)
+                              progress=not quiet, fps=fps, units=units or "m", rig=rig, **options)
     else:
+        if rig is not None or out.suffix.lower() == ".csv":
+            raise InputError(f"{animation}: --rig and .csv takes need a track file (<name>.track.npz), not an "
+                             "animation NPZ")
         result = convert_animation(animation, out, fps=fps, units=units, **options)
     click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, "
                f"{result.bytes_written / 1e6:.2f} MB")
@@ -257,6 +274,42 @@ def transfer(source: Path, target: Path, out: Path, tto: bool, resolution: int, 
         return
     result = export_track(track, out, resolution=resolution, with_pose=with_pose, progress=not quiet)
     click.echo(f"wrote {result.path}: {result.n_frames} frames x {result.n_vertices} vertices, and {track_file}")
+
+
+@main.command("rig")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="The rig: .glb or .gltf (morph targets named in mesh.extras.targetNames: Blender's shape keys) "
+                   "or .usd/.usdc/.usda (UsdSkel blend shapes).")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Marching-cubes resolution of the mesh.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@one_line_errors("nphm-track")
+def rig(source: Path, out: Path, resolution: int, quiet: bool) -> None:
+    """Your own face as an ARKit rig: the identity of SOURCE (a photo of a face, or a track file
+    <name>.track.npz) as a neutral mesh with ARKit's 52 blend shapes, to drive with any ARKit source (a Live
+    Link Face take, another performer's curves). From a video: track it, then `nphm-track export
+    video.track.npz --out me.glb --rig arkit` (the rig animated by the video)."""
+    from exporters.rig import check_rig_target
+    from tracker.bake import export_personal_rig
+    from tracker.trackfile import is_track_file, load_track
+
+    check_rig_target(out)
+    if is_track_file(source):
+        track = load_track(source)
+        z_id, head = track.z_id, None if track.head in ("", "default") else track.head
+    else:
+        from tracker.decode import IMAGE_SUFFIXES
+        from tracker.transfer import identity_from_image
+
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{source}: give a photo ({' '.join(sorted(IMAGE_SUFFIXES))}) or a track file; "
+                             "for a video, track it first")
+        z_id, _ = identity_from_image(source, "default", None, True, None, None)
+        head = None
+    result = export_personal_rig(z_id, out, head=head, resolution=resolution)
+    click.echo(f"wrote {result.path}: {result.n_vertices} vertices, 52 ARKit blend shapes, "
+               f"{result.bytes_written / 1e6:.2f} MB")
 
 
 @main.command("sample")

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from exporters import ExportResult, open_writer, writer_class
+from exporters import ExportResult, open_writer
 from model.errors import InputError
-from tracker.bake import Baker
+from tracker.arkit import track_curves, write_arkit
+from tracker.bake import RIGS, Baker, check_arkit_target, pca_options
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
 from tracker.landmark_tracker import FittedLandmarks, LandmarkStrategy, LandmarkTracker
@@ -73,6 +74,11 @@ class TrackConfig:
         crop: the face cropper's settings.
         write_track: also write the track file beside the output (``<out>.track.npz``).
         max_frames: track only the first N frames (a quick look at a long video); None: all.
+        rig: what a blend-shape export holds (``.usd*``, ``.glb``, ``.gltf``): ``None`` (default): the baked
+            mesh per frame (time-sampled points in USD; glTF always encodes them as PCA morph targets);
+            ``"pca"``: a PCA basis of the baked frames (:mod:`exporters.basis`); ``"arkit"``: the tracked
+            identity's personalised ARKit rig (52 named targets) animated by the ARKit curves
+            (:mod:`tracker.arkit`). A ``.csv`` output is a Live Link Face take of the curves.
         evidence: ``"landmarks"`` (default): the face landmarks of every frame drive the fit
             (:mod:`tracker.landmark_tracker`); ``"maps"``: the geometric encoders' normal and point maps
             (:class:`VideoTracker`; the earlier tracker, kept as an option: measured worse, see the README).
@@ -89,10 +95,13 @@ class TrackConfig:
     write_track: bool = True
     max_frames: Optional[int] = None
     evidence: str = "landmarks"
+    rig: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.evidence not in EVIDENCE:
             raise InputError(f"evidence must be one of {', '.join(EVIDENCE)}, got {self.evidence!r}")
+        if self.rig is not None and self.rig not in RIGS:
+            raise InputError(f"rig must be one of {', '.join(RIGS)}, got {self.rig!r}")
 
 
 EVIDENCE = ("landmarks", "maps")
@@ -282,8 +291,12 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         strategy = LandmarkStrategy() if cfg.evidence == "landmarks" else TrackingStrategy()
     on_landmarks = isinstance(strategy, LandmarkStrategy)
     out = Path(out) if out is not None else None
+    arkit_out = False
+    writer_options: dict = {}
     if out is not None:
-        writer_class(out)  # an unknown extension fails before any work
+        arkit_out = check_arkit_target(out, cfg.rig)
+        if not arkit_out:
+            writer_options = pca_options(out, cfg.rig)  # an unknown extension fails before any work
         _check_output_folder(out)
     if preview is not None:
         preview = Path(preview)
@@ -292,6 +305,9 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     clock = _Clock()
     stream = open_video(video, decoder=cfg.decoder)  # a bad input fails before the networks load
     models = models or Models.load(device=cfg.device)
+    if arkit_out and (models.arkit_rig is None or models.forward is None):
+        raise InputError(f"{models.head_path}: this head model has no ARKit rig asset and forward deformation "
+                         "(`nphm-train arkit-rig`); write a mesh format instead")
     info = stream.info
     fps = info.fps or 25.0
     K_frame = frame_intrinsics(info.width, info.height, cfg)
@@ -314,11 +330,11 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     def emit(sol: FrameSolution) -> None:
         t = time.perf_counter()
         baker: Baker = state["baker"]
-        vertices = baker.vertices(sol.z_ex[None])
-        if out is not None:
+        vertices = baker.vertices(sol.z_ex[None]) if not arkit_out or state["preview"] is not None else None
+        if out is not None and not arkit_out:
             if state["writer"] is None:
-                state["writer"] = open_writer(out, baker.faces, baker.n_vertices, fps,
-                                              start_frame=sol.index + 1).__enter__()
+                state["writer"] = open_writer(out, baker.faces, baker.n_vertices, fps, start_frame=sol.index + 1,
+                                              **writer_options).__enter__()
             transform = Baker.transform(sol.pose.cpu().numpy()) if cfg.with_pose else None
             state["writer"].append(vertices, transform)
         t = clock.add("export", t)
@@ -395,6 +411,15 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         bar.close()
     track = _build_track(records, leading_gaps, tracker, models, fps, str(video), (info.width, info.height),
                          fitted if on_landmarks else None)
+    t = time.perf_counter()
+    solver = None
+    if models.arkit_rig is not None and models.forward is not None:
+        solver = track_curves(track, models.layer, models.forward, models.arkit_rig,
+                              state["baker"].topology.canonical_vertices, regressor=models.arkit_regressor)
+    if arkit_out:
+        state["export"] = write_arkit(out, track, solver.personal, state["baker"].faces, with_pose=cfg.with_pose,
+                                      fps=fps)
+    clock.add("arkit", t)
     track_path = None
     if out is not None and cfg.write_track:
         track_path = save_track(track_path_for(out), track)

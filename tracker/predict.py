@@ -29,6 +29,8 @@ from torch import Tensor
 from model.checkpoint import default_weights, load_checkpoint
 from model.codes import CodeStatistics
 from model.errors import InputError
+from model.arkit import ArkitRig, rig_for_head
+from model.arkit_regressor import ArkitRegressor, default_arkit_regressor
 from model.forward_deformation import ForwardDeformation, forward_for_head
 from model.head import HeadLayer
 from model.landmarks import LandmarkAssets, load_landmark_assets
@@ -67,6 +69,11 @@ class Models:
     forward: Optional[ForwardDeformation] = None
     """This head's forward deformation (:mod:`model.forward_deformation`): it poses the landmarks, the baked
     mesh and the encoder path's TTO mesh; ``None``: they are posed by inverting the backward field."""
+    arkit_rig: Optional[ArkitRig] = None
+    """This head's ARKit rig asset (:mod:`model.arkit`): the personalised ARKit rig is decoded from it."""
+    arkit_regressor: Optional[ArkitRegressor] = None
+    """The landmark -> ARKit-52 regressor (:mod:`model.arkit_regressor`): the ARKit curves; ``None``: they are
+    solved from the tracked expression (:class:`tracker.arkit.CurveSolver`)."""
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +107,8 @@ class Models:
             assets = None
         models = cls(layer=layer, codes=codes, head_meta=meta, normal_encoder=enc_n, point_encoder=enc_p,
                      regressor=reg, head_path="default" if head is None else str(head), landmarks=assets,
-                     forward=forward_for_head(head))
+                     forward=forward_for_head(head), arkit_rig=rig_for_head(head),
+                     arkit_regressor=default_arkit_regressor())
         return models.to(device)
 
     def to(self, device: str | torch.device) -> "Models":

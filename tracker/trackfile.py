@@ -38,6 +38,14 @@ compare with their own detectors (frame pixels, pixel centres at integers, NaN o
                                           estimated over the identity keyframes); with the landmark tracker
                                           ``K`` is this matrix on every row and ``crop_to_frame`` the identity
 
+Optional ARKit curves (:mod:`tracker.arkit`; written when the head has an ARKit rig asset, as the shipped
+one does)::
+
+    arkit              float32 [T, 52]  ARKit blendshape weights in [0, 1] (gap rows: the last usable row's)
+    arkit_names        <U16    [52]     their names: Apple's raw values (``eyeBlink_L``), Apple's order
+    arkit_residual_mm  float32 [T]      RMS distance (mm, per point) between the frame's tracked shape and
+                                        the personalised ARKit rig at these weights
+
 Gap rows carry no measurement: their ``z_ex``, ``pose``, ``K`` and ``crop_to_frame`` may be NaN and must
 not be used (:func:`hold_over_gaps` fills them from the nearest earlier usable row). Every other row must be
 finite.
@@ -91,6 +99,9 @@ class Track:
     landmarks68_px: np.ndarray | None = None  # [T, 68, 2] float32, optional
     detections_px: np.ndarray | None = None  # [T, 478, 2] float32, optional
     K_frame: np.ndarray | None = None  # [3, 3] float32, optional
+    arkit: np.ndarray | None = None  # [T, 52] float32 in [0, 1], optional
+    arkit_names: np.ndarray | None = None  # [52] str, with arkit
+    arkit_residual_mm: np.ndarray | None = None  # [T] float32, with arkit
 
     def __post_init__(self) -> None:
         self.z_id = np.asarray(self.z_id, dtype=np.float32)
@@ -139,13 +150,32 @@ class Track:
             value = getattr(self, name)
             if value is None:
                 continue
+            if name == "arkit_names":
+                self.arkit_names = np.asarray(value).astype(str)
+                continue
             arr = np.asarray(value, dtype=np.float32)
-            if name == "K_frame":
+            if name in ("arkit", "arkit_residual_mm"):
+                self._check_curves(name, arr)
+            elif name == "K_frame":
                 if arr.shape != (3, 3):
                     raise InputError(f"Track: K_frame must be [3, 3], got {list(arr.shape)}")
             elif arr.ndim != 3 or arr.shape[0] != T or arr.shape[2] != 2:
                 raise InputError(f"Track: {name} must be [T, L, 2] = [{T}, L, 2], got {list(arr.shape)}")
             setattr(self, name, arr)
+
+    def _check_curves(self, name: str, arr: np.ndarray) -> None:
+        T = self.n_frames
+        if self.arkit is None or self.arkit_names is None or self.arkit_residual_mm is None:
+            raise InputError("Track: arkit, arkit_names and arkit_residual_mm go together")
+        names = np.asarray(self.arkit_names)
+        if name == "arkit":
+            if arr.ndim != 2 or arr.shape[0] != T or names.shape != (arr.shape[1],):
+                raise InputError(f"Track: arkit must be [T, K] = [{T}, K] with K arkit_names, got {list(arr.shape)} "
+                                 f"and {list(names.shape)} names")
+            if not (np.isfinite(arr).all() and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1):
+                raise InputError("Track: arkit must be finite and in [0, 1]")
+        elif arr.shape != (T,):
+            raise InputError(f"Track: arkit_residual_mm must be [T] = [{T}], got {list(arr.shape)}")
 
     @property
     def n_frames(self) -> int:
@@ -221,7 +251,8 @@ def _meta_json(meta: dict[str, Any]) -> str:
 
 _KEYS = ("z_id", "z_ex", "pose", "K", "crop_to_frame", "frame_index", "time_s", "status", "confidence", "fps",
          "source", "frame_size", "head", "meta")
-OPTIONAL_KEYS = ("landmarks_px", "landmarks68_px", "detections_px", "K_frame")
+OPTIONAL_KEYS = ("landmarks_px", "landmarks68_px", "detections_px", "K_frame", "arkit", "arkit_names",
+                 "arkit_residual_mm")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -64,7 +64,7 @@ def transfer_expressions(source_track: Track | str | os.PathLike, target: Track 
                              f"{source.head!r}: codes of different head models cannot be mixed")
         z_id, identity_from = other.z_id, other.source if isinstance(target, Track) else str(target)
     else:
-        z_id, identity_from = _identity_from_image(Path(target), source.head, models, tto, crop_config, detector)
+        z_id, identity_from = identity_from_image(Path(target), source.head, models, tto, crop_config, detector)
     if len(z_id) != len(source.z_id):
         raise InputError(f"{_name(target)}: identity code has {len(z_id)} values, the source track's "
                          f"{len(source.z_id)}")
@@ -80,7 +80,7 @@ def _name(target: Track | str | os.PathLike) -> str:
     return f"target track ({target.source})" if isinstance(target, Track) else str(target)
 
 
-def _identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_config: Any,
+def identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_config: Any,
                          detector: Any) -> tuple[np.ndarray, str]:
     """``z_id [D_id]`` fitted to the face in one image, and a description of where it came from."""
     from tracker import predict

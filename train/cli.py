@@ -441,6 +441,73 @@ def forward_deformation(head_path: str, data_seed: int, identities: int, express
                                                  hidden=hidden, seed=seed, ict_path=ict_path), log=click.echo)
 
 
+@main.command("arkit-rig")
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Head checkpoint, e.g. model/weights/head_default.pt (fine-tuned: its codes hold ict_w_ex).")
+@click.option("--forward", "forward_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Its forward deformation [default: the one that belongs to the head].")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The rig asset (.pt), e.g. model/weights/arkit_rig_default.pt; its card is <out>.json.")
+@click.option("--identities", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Training identities each shape's code is registered over.")
+@click.option("--eval-identities", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Other training identities the card's errors are measured on.")
+@click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Adam steps per shape.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def arkit_rig(head_path: str, forward_path: str | None, out_path: str, identities: int, eval_identities: int,
+              steps: int, seed: int, ict_path: str | None) -> None:
+    """The head's expression code of each of ARKit's 52 blendshapes at weight 1, registered to ICT heads
+    showing that one shape over several identities (train/arkit_rig.py). The tracker decodes them for the
+    tracked identity into a personalised ARKit rig and solves each frame's ARKit curves against it."""
+    from train.arkit_rig import ArkitRigConfig, build_arkit_rig
+
+    build_arkit_rig(ArkitRigConfig(head_path=head_path, out_path=out_path, forward_path=forward_path,
+                                   identities=identities, eval_identities=eval_identities, steps=steps, seed=seed,
+                                   ict_path=ict_path), log=click.echo)
+
+
+@main.command("arkit-regressor")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of the training samples (chunk_*.npz); made here first if incomplete (resumable).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="The regressor (.pt), e.g. model/weights/arkit_regressor_default.pt; omit to make the data only.")
+@click.option("--samples", type=click.IntRange(min=1), default=6000, show_default=True,
+              help="Renders of random identities, expressions and head poses run through MediaPipe Face Mesh.")
+@click.option("--resolution", type=click.IntRange(min=64), default=256, show_default=True, help="Render size (px).")
+@click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data and of the training.")
+@click.option("--shard", default="0/1", show_default=True,
+              help="I/N: make only every N-th chunk of the data, from the I-th (N processes side by side).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolution: int, steps: int, seed: int,
+                    shard: str, threads: int | None, ict_path: str | None) -> None:
+    """The landmark -> ARKit-52 regressor (model/arkit_regressor.py): renders of the synthetic head world through
+    the real detector, then a small MLP from the 478 normalised landmarks to the 52 weights
+    (train/arkit_regressor.py)."""
+    from train.arkit_regressor import ArkitDataConfig, ArkitTrainConfig, generate_arkit_data, train_arkit_regressor
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"{shard!r}: expected I/N with 0 <= I < N", param_hint="--shard") from None
+    generate_arkit_data(ArkitDataConfig(out_dir=data_dir, samples=samples, resolution=resolution, seed=seed,
+                                        ict_path=ict_path, shard=(i, n)))
+    if out_path is not None:
+        train_arkit_regressor(ArkitTrainConfig(data_dir=data_dir, out_path=out_path, steps=steps, seed=seed),
+                              log=click.echo)
+
+
 @main.command("landmark-regressor")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder (landmark_regressor.pt, train_state.pt, samples.pt, config.json); re-running resumes.")

@@ -3,8 +3,8 @@
     $NPHM_BPY_PYTHON blender_probe.py FORMAT PATH FPS FRAME [FRAME ...]
 
 FORMAT is usd, abc, pc2 or gltf (pc2: PATH is the .pc2, its rest mesh .obj lies beside it). Prints one
-JSON line ``{"frames": {FRAME: [[x, y, z], ...]}, "fps": ..., "frame_start": ...}`` with world-space
-positions in Blender's frame (Z-up) after evaluating modifiers, shape keys and animation at each frame.
+JSON line ``{"frames": {FRAME: [[x, y, z], ...]}, "fps": ..., "frame_start": ..., "shape_keys": [names]}`` with
+world-space positions in Blender's frame (Z-up) after evaluating modifiers, shape keys and animation at each frame.
 """
 
 import json
@@ -58,8 +58,10 @@ def main() -> None:
         pts = co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
         out[f] = pts.tolist()
         ev.to_mesh_clear()
+    keys = obj.data.shape_keys
+    names = [k.name for k in keys.key_blocks] if keys is not None else []
     print(json.dumps({"frames": out, "fps": scene.render.fps, "default_fps": default_fps,
-                      "frame_start": scene.frame_start}))
+                      "frame_start": scene.frame_start, "shape_keys": names}))
 
 
 if __name__ == "__main__":

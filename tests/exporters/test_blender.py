@@ -1,4 +1,5 @@
-"""Opt-in: import USD, Alembic, PC2 and glTF exports into Blender (bpy 4.5) and compare positions.
+"""Opt-in: import USD, Alembic, PC2 and glTF exports and the named blend-shape rigs into Blender (bpy 4.5)
+and compare positions (and, for the rigs, the shape-key names).
 
 Needs ``NPHM_BPY_PYTHON``: a Python with ``bpy`` 4.5 in its own virtual environment (bpy pins numpy<2),
 e.g. ``python3.11 -m venv /tmp/bpyenv && /tmp/bpyenv/bin/pip install "bpy==4.5.*"``; then
@@ -57,5 +58,33 @@ def test_blender_sees_our_positions(tmp_path, fmt, name, options, first):
     # Importers may reorder vertices: find the order once, at the first frame, then hold it fixed.
     dist, perm = cKDTree(got[first]).query(zup[0])
     assert len(set(perm.tolist())) == zup.shape[1] and dist.max() < 1e-5
+    for i in samples:
+        np.testing.assert_allclose(got[first + i][perm], zup[i], atol=1e-5, err_msg=f"frame {i}")
+
+
+RIG_CASES = [("usd", "rig.usd", 1), ("gltf", "rig.glb", 0)]
+
+
+@pytest.mark.parametrize("fmt, name, first", RIG_CASES, ids=[c[1] for c in RIG_CASES])
+def test_blender_plays_the_named_rig(tmp_path, fmt, name, first):
+    from exporters.rig import BlendShapeRig, write_rig
+
+    anim = make_anim(n_frames=8, subdivisions=2)
+    base = anim.frames[0]
+    names = ["jawOpen", "eyeBlink_L", "mouthSmile_R"]
+    rig = BlendShapeRig(base, anim.frames[1:4] - base, names)
+    w = np.random.default_rng(1).uniform(size=(8, 3)).astype(np.float32)
+    path = write_rig(tmp_path / name, anim.faces, rig, w, anim.fps).path
+    samples = [0, 3, 7]
+    proc = subprocess.run([BPY, str(PROBE), fmt, str(path), str(anim.fps), *[str(first + i) for i in samples]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [n for n in result["shape_keys"] if n != "Basis"] == names
+    expected = (rig.base[None] + np.einsum("nk,kvc->nvc", w, rig.offsets)) / 4.0  # metres, Y up
+    zup = np.stack([expected[..., 0], -expected[..., 2], expected[..., 1]], axis=-1)
+    got = {int(k): np.asarray(v) for k, v in result["frames"].items()}
+    dist, perm = cKDTree(got[first]).query(zup[0])
+    assert dist.max() < 1e-5
     for i in samples:
         np.testing.assert_allclose(got[first + i][perm], zup[i], atol=1e-5, err_msg=f"frame {i}")

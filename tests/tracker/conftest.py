@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.arkit import rig_for_head
+from model.arkit_regressor import default_arkit_regressor
 from model.checkpoint import default_weights, load_checkpoint
 from model.forward_deformation import forward_for_head
 from model.landmarks import load_landmark_assets
@@ -25,7 +27,8 @@ def tiny_models() -> Models:
     return Models(layer=layer, codes=codes, head_meta=meta, normal_encoder=NormalEncoder(en),
                   point_encoder=PointMapEncoder(ep), regressor=reg,
                   landmarks=load_landmark_assets(default_weights("landmarks_default", ".npz")),
-                  forward=forward_for_head(None)).to("cpu")
+                  forward=forward_for_head(None), arkit_rig=rig_for_head(None),
+                  arkit_regressor=default_arkit_regressor()).to("cpu")
 
 
 @pytest.fixture(scope="module")
