@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 from model.errors import InputError, MissingDependencyError
-from tracker.batch import WORKER_DIED, Engine, Outcome, Task, TrackFn, init_worker_threads, remove_temporaries, run_task
+from tracker.batch import WORKER_DIED, Engine, Outcome, Task, TrackFn, init_worker_threads, run_task
 
 RAY_INSTALL = 'pip install -e ".[ray]"'
 
@@ -108,7 +108,7 @@ class RayEngine(Engine):
         pending: list = []
         try:
             for t in tasks:
-                ref = remote.remote(threads, fn_ref, t.video, t.out, kwargs_ref)
+                ref = remote.remote(threads, fn_ref, t.video, t.out, kwargs_ref, t.preview)
                 refs[ref] = t
                 pending.append(ref)
             while pending:
@@ -194,13 +194,14 @@ class RayEngine(Engine):
         except Exception:  # noqa: BLE001 - cancelling is best effort; the interrupt itself goes on
             pass
         for task in tasks:
-            remove_temporaries(task.out)
+            task.clear()
 
 
-def _ray_task(threads: int, track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any]) -> Outcome:
+def _ray_task(threads: int, track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any],
+              preview: Path | None = None) -> Outcome:
     """One video in a Ray worker: its share of the cores, then :func:`tracker.batch.run_task`."""
     init_worker_threads(threads)
-    return run_task(track_fn, video, out, kwargs)
+    return run_task(track_fn, video, out, kwargs, preview)
 
 
 def _probe_folders(out_dir: str, marker: str, token: str, video: str) -> tuple[str, str | None]:
@@ -227,3 +228,4 @@ def _probe_folders(out_dir: str, marker: str, token: str, video: str) -> tuple[s
     except OSError as exc:
         return host, f"{video}: cannot read it: {exc.strerror or exc}"
     return host, None
+

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 import tracker.batch as batch
 from exporters.base import temp_name
-from tracker.batch import WORKER_DIED, Engine, LocalEngine, Outcome, remove_temporaries, run_task, track_folder
+from tracker.batch import WORKER_DIED, Engine, Outcome, remove_temporaries, run_task, track_folder
+from tracker.local_engine import LocalEngine
 from tracker.cli import main
 from tracker.ray_engine import RayEngine, _probe_folders
 from tests.tracker.test_batch import fake_track, make_folder
@@ -130,8 +131,8 @@ def test_folder_command_builds_the_engine_from_its_options(tmp_path, monkeypatch
     videos = make_folder(tmp_path, ["a.mp4"])
     got = {}
 
-    def fake_track_folder(source, out, ext, engine, progress, track_fn, cfg):
-        got["engine"], got["cfg"] = engine, cfg
+    def fake_track_folder(source, out, ext, engine, progress, track_fn, preview_dir, cfg):
+        got["engine"], got["cfg"], got["preview_dir"] = engine, cfg, preview_dir
         return SimpleNamespace(counts={"ok": 0, "failed": 1}, report_path=Path(out) / "report.json", failed=True,
                                files=[SimpleNamespace(status="failed", input="a.mp4", error="no face")])
 
@@ -149,7 +150,7 @@ def test_folder_command_builds_the_engine_from_its_options(tmp_path, monkeypatch
     assert got["engine"] == RayEngine(address=None, cpus_per_task=1.0, gpus_per_task=0.0, retries=0)
 
     res = run(main, [str(videos), "--out", str(tmp_path / "o"), "--retries", "2", "--address", "h:6379"])
-    assert res.exit_code == 2 and res.output == "nphm-track: error: --address, --retries: only with --engine ray\n"
+    assert res.exit_code == 2 and res.output == "nphm-track: error: --address: only with --engine ray\n"
     res = run(main, [str(videos), "--out", str(tmp_path / "o"), "--engine", "ray", "--gpus-per-task", "1"])
     assert res.exit_code == 2 and res.output == "nphm-track: error: --gpus-per-task: only with --device cuda\n"
 
@@ -184,3 +185,4 @@ def test_the_ray_folder_probe_says_what_a_node_cannot_see(tmp_path):
     marker.write_text("token")
     _, error = _probe_folders(str(tmp_path), marker.name, "token", str(tmp_path / "gone.mp4"))
     assert error.startswith(f"{tmp_path / 'gone.mp4'}: cannot read it: ")
+
