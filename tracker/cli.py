@@ -75,7 +75,8 @@ def model_options(fn):
                    "Ray task per video, on a local Ray or a cluster (extra: pip install -e \".[ray]\"). With ray, "
                    "the input and output folders must be on a path every node sees (a shared file system).")
 @click.option("--address", default=None,
-              help="--engine ray: the Ray cluster to connect to [default: $RAY_ADDRESS, else start a local Ray].")
+              help="--engine ray: the Ray cluster to connect to (ray://host:10001 or host:6379) [default: "
+                   "$RAY_ADDRESS, else start a local Ray]; one that does not answer as Ray fails within 10 s.")
 @click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--engine ray: CPUs reserved per video [default: 1].")
 @click.option("--gpus-per-task", type=click.FloatRange(min=0), default=None,
