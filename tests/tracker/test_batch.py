@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,3 +172,31 @@ def test_the_local_engine_retries_a_dead_worker_and_says_how_workers_died(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["a.npz", "dies.npz", "e.npz", "report.json"]
     assert sorted(p.name for p in previews.iterdir()) == ["a.preview.mp4", "dies.preview.mp4", "e.preview.mp4"]
     assert report.files[0].preview == str(previews / "a.preview.mp4")
+
+
+def slow_track(video: Path, out: Path) -> None:
+    """'slow*' stays half-written for 8 s; the rest finish at once."""
+    if Path(video).name.startswith("slow"):
+        temp_name(Path(out)).write_bytes(b"half an output")
+        time.sleep(8)
+    Path(out).write_text("done")
+
+
+def test_ctrl_c_stops_the_local_workers_and_leaves_nothing_partial(tmp_path):
+    videos = make_folder(tmp_path, ["a.mp4", "slow1.mp4", "slow2.mp4", "slow3.mp4"])
+    out = tmp_path / "out"
+
+    def interrupt_once_the_slow_ones_run():
+        while not (out / "a.npz").exists() or len(list(out.glob(".slow*.partial.npz"))) < 2:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    threading.Thread(target=interrupt_once_the_slow_ones_run, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        track_folder(videos, out, ext=".npz", track_fn=slow_track, progress=False, engine=LocalEngine(workers=2))
+    assert time.perf_counter() - t0 < 8  # did not wait for the slow ones
+    rows = json.loads((out / "report.json").read_text())
+    assert [f["status"] for f in rows["files"]] == ["ok", "pending", "pending", "pending"]
+    time.sleep(9 - (time.perf_counter() - t0))
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "report.json"]  # killed, not left running
