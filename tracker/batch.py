@@ -1,31 +1,30 @@
 """Tracking a folder of videos: one task per file on an engine, resumable, going on past failures, with a report.
 
 :func:`track_folder` tracks every video file of a folder (by extension, sorted by name) into
-``out_dir/<stem><ext>``. Each file is one task; an :class:`Engine` runs the tasks and hands back their
-outcomes as they finish: :class:`LocalEngine` (the default) in a process pool on this machine (spawn start
-method, so workers share no state with the caller; ``workers=1`` runs in this process), or
-:class:`tracker.ray_engine.RayEngine` as Ray tasks on a local Ray or a cluster. Everything else is shared by
-the engines: an output that already exists is complete (every writer renames its file into place only when
-it is finished) and is skipped, so running the same command again resumes an interrupted batch. A file that
-fails, or whose worker process dies, is recorded with its one-line error and the others go on; hidden
-temporaries a killed worker left beside its output are removed. ``out_dir/report.json`` is rewritten
-atomically after every file::
+``out_dir/<stem><ext>`` (plus its track file ``<stem>.track.npz``, and with ``preview_dir`` a preview
+``preview_dir/<stem>.preview.mp4``). Two videos that would write the same file are refused before any work.
+Each file is one task; an :class:`Engine` runs the tasks and hands back their outcomes as they finish:
+:class:`tracker.local_engine.LocalEngine` (the default) in worker processes on this machine (spawn start method, so workers share
+no state with the caller), or :class:`tracker.ray_engine.RayEngine` as Ray tasks on a local Ray or a cluster.
+Everything else is shared by the engines: a file whose output (and preview, when asked for) already exists is
+complete (every writer renames its file into place only when it is finished) and is skipped, so running the
+same command again resumes an interrupted batch. A file that fails, or whose worker process dies, is
+recorded with its one-line error and the others go on (a dead worker's file can be run again: ``retries``
+of either engine); hidden temporaries a killed worker left beside its outputs are removed.
+``out_dir/report.json`` is rewritten atomically after every file::
 
     {"format": "nphm-track.batch-report", "format_version": 1, "in_dir": ..., "out_dir": ..., "ext": ...,
      "counts": {"ok": n, "skipped": n, "failed": n}, "seconds": wall-clock seconds of this run,
      "files": [{"input", "output", "status": "ok"|"skipped"|"failed"|"pending", "error": str|null,
-                "seconds": float, "frames": int|null}, ...]}
+                "seconds": float, "frames": int|null, "preview": str|null}, ...]}
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -54,6 +53,7 @@ class FileReport:
         error: the one-line error message of a failure, else ``None``.
         seconds: wall-clock seconds spent on the file in this run.
         frames: frames tracked (``n_frames`` of the tracking result), ``None`` when unknown.
+        preview: the preview video's path, ``None`` when no preview was asked for.
     """
 
     input: str
@@ -62,6 +62,7 @@ class FileReport:
     error: str | None = None
     seconds: float = 0.0
     frames: int | None = None
+    preview: str | None = None
 
 
 @dataclass
@@ -81,11 +82,19 @@ class BatchReport:
 
 @dataclass(frozen=True)
 class Task:
-    """One file to track: its row in the report, the video and its output path."""
+    """One file to track: its row in the report, the video, its output path and its preview path (``None``:
+    no preview)."""
 
     index: int
     video: Path
     out: Path
+    preview: Path | None = None
+
+    def clear(self) -> None:
+        """Remove what a killed attempt at this task left half-written (only while no attempt runs)."""
+        remove_temporaries(self.out)
+        if self.preview is not None:
+            remove_temporaries(self.preview)
 
 
 @dataclass
@@ -135,46 +144,6 @@ class Engine:
         """Release what :meth:`start` acquired."""
 
 
-@dataclass
-class LocalEngine(Engine):
-    """Worker processes on this machine (``--engine local``, the default).
-
-    Attributes:
-        workers: parallel worker processes; 1 runs in this process. Each worker gets ``cpu_count // workers``
-            threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``). With more than one worker the
-            ``track_fn`` and its keyword arguments must be picklable (a module-level function).
-    """
-
-    workers: int = 2
-    name: ClassVar[str] = "local"
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise InputError(f"workers must be >= 1, got {self.workers}")
-
-    def run(self, tasks: Sequence[Task], track_fn: TrackFn, kwargs: dict[str, Any]) -> Iterator[tuple[int, Outcome]]:
-        if self.workers == 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield task.index, run_task(track_fn, task.video, task.out, kwargs)
-            return
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                 initializer=init_worker_threads, initargs=(threads,)) as pool:
-            futures: dict[Future, int] = {
-                pool.submit(run_task, track_fn, t.video, t.out, kwargs): t.index for t in tasks}
-            try:
-                for fut in as_completed(futures):
-                    try:
-                        outcome = fut.result()
-                    except BrokenProcessPool:  # the pool has terminated its other workers too
-                        outcome = Outcome("failed", WORKER_DIED, worker_died=True)
-                    yield futures[fut], outcome
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-
-
 def find_videos(in_dir: Path) -> list[Path]:
     """Video files directly in ``in_dir`` (by extension, case-insensitive), sorted by name."""
     return sorted((p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
@@ -183,66 +152,79 @@ def find_videos(in_dir: Path) -> list[Path]:
 
 def track_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, ext: str = ".usd", workers: int = 2,
                  track_fn: TrackFn | None = None, progress: bool = True, engine: Engine | None = None,
-                 **track_kwargs: Any) -> BatchReport:
+                 preview_dir: str | os.PathLike | None = None, **track_kwargs: Any) -> BatchReport:
     """Track every video of ``in_dir`` into ``out_dir/<stem><ext>``.
 
     Args:
         in_dir: folder of videos (``.mp4 .mov .mkv .avi .webm .m4v``; sub-folders are not searched).
         out_dir: output folder, created when missing. With a distributed engine both folders must be on a
             path every node sees (a shared file system).
-        ext: output extension, any format of :mod:`exporters` (checked before any work).
+        ext: output extension, any format of :mod:`exporters` or ``.csv`` (a Live Link Face take), checked
+            with ``cfg.rig`` (:func:`tracker.bake.check_arkit_target`) before any work.
         workers: parallel worker processes of the default engine, ``LocalEngine(workers)``.
-        track_fn: called as ``track_fn(video: Path, out: Path, **track_kwargs)``; default
-            :func:`tracker.pipeline.track_video`. Must be picklable (a module-level function) when the tasks
-            run in other processes; its result's ``n_frames`` (if any) is reported.
+        track_fn: called as ``track_fn(video: Path, out: Path, **track_kwargs)`` (plus ``preview=`` the
+            video's preview path with ``preview_dir``); default :func:`tracker.pipeline.track_video`. Must be
+            picklable (a module-level function) when the tasks run in other processes; its result's
+            ``n_frames`` (if any) is reported.
         progress: show a progress bar over files.
-        engine: where the tasks run: :class:`LocalEngine` (default) or
+        engine: where the tasks run: :class:`tracker.local_engine.LocalEngine` (default) or
             :class:`tracker.ray_engine.RayEngine`; ``workers`` is ignored when given.
-        **track_kwargs: passed to every ``track_fn`` call (e.g. ``config=``); picklable as ``track_fn``.
+        preview_dir: write one preview per video, ``preview_dir/<stem>.preview.mp4`` (created when missing;
+            may be ``out_dir``, not ``in_dir``); ``None``: no previews.
+        **track_kwargs: passed to every ``track_fn`` call (e.g. ``cfg=``); picklable as ``track_fn``.
 
     Returns:
         The :class:`BatchReport` (also written to ``out_dir/report.json``).
 
     Raises:
         InputError: ``in_dir`` is not a folder or holds no video, two videos would write the same output,
-            ``ext`` is unknown, ``workers < 1``, ``out_dir`` cannot be created or written, or the engine
-            cannot run the batch (:meth:`Engine.start`).
+            track file or preview (both named), ``ext`` is unknown, ``workers < 1``, ``out_dir`` or
+            ``preview_dir`` cannot be created or written, ``preview`` is among ``track_kwargs``, or the
+            engine cannot run the batch (:meth:`Engine.start`).
         KeyboardInterrupt: on Ctrl-C, after the outstanding tasks were cancelled; their rows stay
             ``pending`` in the report.
     """
-    from exporters.registry import writer_class  # here, not at the top: worker processes do not need it
+    from tracker.bake import check_arkit_target, pca_options  # here, not at the top: workers do not need them
 
     start = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    engine = LocalEngine(workers) if engine is None else engine
+    preview_dir = None if preview_dir is None else Path(preview_dir)
+    if engine is None:
+        from tracker.local_engine import LocalEngine
+        engine = LocalEngine(workers)
+    if "preview" in track_kwargs:
+        raise InputError("preview: a folder gets one preview per video; give preview_dir (a folder)")
     if not ext.startswith("."):
         ext = "." + ext
-    writer_class(f"out{ext}")  # unknown extension: fail before any work
+    rig = getattr(track_kwargs.get("cfg"), "rig", None)
+    if not check_arkit_target(f"out{ext}", rig):  # a .csv take, or a rig format for --rig arkit
+        pca_options(f"out{ext}", rig)  # unknown extension, or --rig pca without blend shapes: fail before any work
     if not in_dir.is_dir():
         raise InputError(f"{in_dir}: not a folder")
     videos = find_videos(in_dir)
     if not videos:
         raise InputError(f"{in_dir}: no video files ({' '.join(VIDEO_SUFFIXES)})")
-    outputs = [out_dir / f"{v.stem}{ext}" for v in videos]
-    seen: dict[Path, Path] = {}
-    for v, o in zip(videos, outputs):
-        if o in seen:
-            raise InputError(f"{in_dir}: {seen[o].name} and {v.name} would both write {o.name}")
-        seen[o] = v
+    if preview_dir is not None and preview_dir.resolve() == in_dir.resolve():
+        raise InputError(f"{preview_dir}: the previews cannot go into the input folder (the next run would "
+                         "track them as videos)")
+    tasks = plan_tasks(videos, out_dir, ext, preview_dir)
     _prepare_out_dir(out_dir)
+    if preview_dir is not None:
+        _prepare_out_dir(preview_dir)
     if track_fn is None:
         from tracker.pipeline import track_video
         track_fn = track_video
 
     previous = _previous_frames(out_dir / REPORT_NAME)
-    files = [FileReport(str(v), str(o)) for v, o in zip(videos, outputs)]
+    files = [FileReport(str(t.video), str(t.out), preview=None if t.preview is None else str(t.preview))
+             for t in tasks]
     report = BatchReport(files, out_dir / REPORT_NAME)
     todo = []
-    for i, f in enumerate(files):
-        if outputs[i].exists():
+    for t, f in zip(tasks, files):
+        if t.out.exists() and (t.preview is None or t.preview.exists()):
             f.status, f.frames = "skipped", previous.get(f.input)
         else:
-            todo.append(Task(i, videos[i], outputs[i]))
+            todo.append(t)
     if todo:
         engine.start(in_dir, out_dir, todo[0].video)
     try:
@@ -252,7 +234,7 @@ def track_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, ext: str
             try:
                 for i, outcome in results:
                     if outcome.worker_died:
-                        remove_temporaries(outputs[i])
+                        tasks[i].clear()
                     f = files[i]
                     f.status, f.error, f.seconds, f.frames = (outcome.status, outcome.error, outcome.seconds,
                                                               outcome.frames)
@@ -269,15 +251,45 @@ def track_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, ext: str
     return report
 
 
-def run_task(track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any]) -> Outcome:
+def plan_tasks(videos: Sequence[Path], out_dir: Path, ext: str, preview_dir: Path | None = None) -> list[Task]:
+    """One :class:`Task` per video: ``out_dir/<stem><ext>``, its track file ``<stem>.track.npz`` beside it,
+    and with ``preview_dir`` the preview ``preview_dir/<stem>.preview.mp4``.
+
+    Raises:
+        InputError: two videos would write the same file (``a.mp4`` and ``a.mov``; ``a.mp4``'s track file
+            ``a.track.npz`` is ``a.track.mp4``'s output with ``ext=".npz"``); the error names both videos
+            and the file.
+    """
+    from tracker.pipeline import track_path_for
+
+    writes: dict[Path, Path] = {}  # file written -> the video that writes it
+    tasks = []
+    for i, v in enumerate(videos):
+        task = Task(i, v, out_dir / f"{v.stem}{ext}",
+                    None if preview_dir is None else preview_dir / f"{v.stem}.preview.mp4")
+        for path in (task.out, track_path_for(task.out), task.preview):
+            if path is None:
+                continue
+            key = path.resolve()
+            if key in writes:
+                raise InputError(f"{v.parent}: {writes[key].name} and {v.name} would both write {path.name}")
+            writes[key] = v
+        tasks.append(task)
+    return tasks
+
+
+def run_task(track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any], preview: Path | None = None
+             ) -> Outcome:
     """Run one file (in whichever process the engine picked): the :class:`Outcome`.
 
-    Temporaries an earlier, killed attempt at the same output left behind are removed first. Every exception
-    becomes a one-line error (user errors as their message; anything else prefixed by its type, as it is
-    likely a bug).
+    Temporaries an earlier, killed attempt at the same output (or preview) left behind are removed first.
+    ``preview``, when given, is passed on as ``track_fn(..., preview=preview)``. Every exception becomes a
+    one-line error (user errors as their message; anything else prefixed by its type, as it is likely a bug).
     """
     t0 = time.perf_counter()
-    remove_temporaries(Path(out))
+    Task(0, Path(video), Path(out), None if preview is None else Path(preview)).clear()
+    if preview is not None:
+        kwargs = {**kwargs, "preview": preview}
     try:
         result = track_fn(video, out, **kwargs)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch

@@ -73,8 +73,9 @@ def model_options(fn):
                    "name_####.obj|ply), or a Live Link Face take of the ARKit-52 curves (.csv), plus a track file "
                    "<out>.track.npz beside it. Image: the mesh (.obj .ply .stl or any of those). Folder of videos: "
                    "the output folder.")
-@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Video only: also write an mp4 of the tracked mesh drawn over the input.")
+@click.option("--preview", type=click.Path(path_type=Path), default=None,
+              help="Video: also write an mp4 of the tracked mesh drawn over the input. Folder of videos: a folder "
+                   "(created if missing; may be the --out folder) for one <name>.preview.mp4 per video.")
 @click.option("--format", "ext", default=".usd", show_default=True,
               help="Folder input only: the extension of every output.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
@@ -84,13 +85,15 @@ def model_options(fn):
                    "Ray task per video, on a local Ray or a cluster (extra: pip install -e \".[ray]\"). With ray, "
                    "the input and output folders must be on a path every node sees (a shared file system).")
 @click.option("--address", default=None,
-              help="--engine ray: the Ray cluster to connect to [default: $RAY_ADDRESS, else start a local Ray].")
+              help="--engine ray: the Ray cluster to connect to (ray://host:10001 or host:6379) [default: "
+                   "$RAY_ADDRESS, else start a local Ray]; one that does not answer as Ray fails within 10 s.")
 @click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--engine ray: CPUs reserved per video [default: 1].")
 @click.option("--gpus-per-task", type=click.FloatRange(min=0), default=None,
               help="--engine ray with --device cuda: GPUs reserved per video; fractions share a GPU [default: 1].")
 @click.option("--retries", type=click.IntRange(min=0), default=None,
-              help="--engine ray: run a video again up to N times when its worker process dies [default: 0].")
+              help="Folder input: run a video again up to N times when its worker process dies (killed, out of "
+                   "memory, a lost node); the others go on either way [default: 0].")
 @click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav", show_default=True,
               help="Video decoder (decord is an optional extra).")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the networks (cpu, cuda).")
@@ -134,7 +137,7 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
     if source.is_dir():
         folder_engine = _folder_engine(engine, workers, device, address, cpus_per_task, gpus_per_task, retries)
         _track_folder(source, out, ext, folder_engine, decoder, device, resolution, with_pose, focal, quiet, weights,
-                      evidence)
+                      evidence, max_frames=max_frames, preview=preview, rig=rig)
         return
     from tracker.predict import Models
 
@@ -160,17 +163,18 @@ def track(source: Path, out: Path, preview: Path | None, ext: str, workers: int,
 def _folder_engine(engine: str, workers: int, device: str, address: str | None, cpus_per_task: float | None,
                    gpus_per_task: float | None, retries: int | None) -> Engine:
     """The folder tracker's engine from the command's options."""
-    from tracker.batch import LocalEngine
-
-    ray_options = {"--address": address, "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task,
-                   "--retries": retries}
     if engine == "local":
-        given = [k for k, v in ray_options.items() if v is not None]
+        from tracker.local_engine import LocalEngine
+
+        given = [k for k, v in {"--address": address, "--cpus-per-task": cpus_per_task,
+                                "--gpus-per-task": gpus_per_task}.items() if v is not None]
         if given:
             raise InputError(f"{', '.join(given)}: only with --engine ray")
-        return LocalEngine(workers)
+        return LocalEngine(workers, retries=retries or 0)
     from tracker.ray_engine import RayEngine
 
+    if _given("workers"):
+        raise InputError("--workers: only with --engine local (with ray: --cpus-per-task, --gpus-per-task)")
     cuda = device.startswith("cuda")
     if gpus_per_task and not cuda:
         raise InputError("--gpus-per-task: only with --device cuda")
@@ -179,17 +183,35 @@ def _folder_engine(engine: str, workers: int, device: str, address: str | None, 
                      retries=retries or 0)
 
 
+def _given(param: str) -> bool:
+    """Whether the running command's option ``param`` was given (on the command line or by its env var)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(param) in (ParameterSource.COMMANDLINE,
+                                                                   ParameterSource.ENVIRONMENT)
+
+
 def _track_folder(source: Path, out: Path, ext: str, engine: Engine, decoder: str, device: str, resolution: int,
-                  with_pose: bool, focal: float | None, quiet: bool, weights: dict, evidence: str = "landmarks") -> None:
-    from tracker.batch import track_folder
+                  with_pose: bool, focal: float | None, quiet: bool, weights: dict, evidence: str = "landmarks",
+                  max_frames: int | None = None, preview: Path | None = None, rig: str | None = None) -> None:
+    """A folder of videos: every option applies to each video (``--preview``: the folder of the previews), or
+    is refused here before any work."""
+    from tracker.batch import VIDEO_SUFFIXES, track_folder
     from tracker.pipeline import TrackConfig, track_video_quietly
 
     if any(v is not None for v in weights.values()):
         raise InputError("a folder is tracked with the shipped weights in this version (no --head/--regressor)")
+    photo_only = [f"--{p.replace('_', '-')}" for p in ("tto", "steps") if _given(p)]
+    if photo_only:
+        raise InputError(f"{', '.join(photo_only)}: only for a photo, not a folder of videos")
+    if preview is not None and preview.suffix.lower() in VIDEO_SUFFIXES and not preview.is_dir():
+        raise InputError(f"--preview {preview}: a folder of videos gets one preview per video; give a folder "
+                         f"(e.g. --preview {out}), not a file")
     cfg = TrackConfig(decoder=decoder, device=device, export_resolution=resolution, with_pose=with_pose,
-                      focal_px=focal, evidence=evidence)
+                      focal_px=focal, evidence=evidence, max_frames=max_frames, rig=rig)
     report = track_folder(source, out, ext=ext if ext.startswith(".") else f".{ext}", engine=engine,
-                          progress=not quiet, track_fn=track_video_quietly, cfg=cfg)
+                          progress=not quiet, track_fn=track_video_quietly, preview_dir=preview, cfg=cfg)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     click.echo(f"{source}: {counts}; report {report.report_path}")
     if report.failed:

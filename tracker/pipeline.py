@@ -300,6 +300,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         _check_output_folder(out)
     if preview is not None:
         preview = Path(preview)
+        if preview.is_dir():
+            raise InputError(f"{preview}: is a folder; give a file name ending in .mp4")
         _check_output_folder(preview)
     start = time.perf_counter()
     clock = _Clock()

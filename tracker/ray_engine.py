@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 from model.errors import InputError, MissingDependencyError
-from tracker.batch import WORKER_DIED, Engine, Outcome, Task, TrackFn, init_worker_threads, remove_temporaries, run_task
+from tracker.batch import WORKER_DIED, Engine, Outcome, Task, TrackFn, init_worker_threads, run_task
 
 RAY_INSTALL = 'pip install -e ".[ray]"'
 
@@ -53,6 +53,8 @@ class RayEngine(Engine):
             process); a video that fails by itself (no face, a bad file) is not retried.
         start_timeout_s: how long the start-up check waits for a node that can run a task (an autoscaling
             cluster may have to start one).
+        connect_timeout_s: how long the check that a cluster's address answers (before ``ray.init``, which
+            retries a wrong address for minutes) waits for it.
     """
 
     address: str | None = None
@@ -61,6 +63,7 @@ class RayEngine(Engine):
     gpus_per_task: float = 0.0
     retries: int = 0
     start_timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
     name: ClassVar[str] = "ray"
     _ray: Any = field(default=None, init=False, repr=False)
     _owned: bool = field(default=False, init=False, repr=False)
@@ -78,13 +81,16 @@ class RayEngine(Engine):
 
     # ------------------------------------------------------------------------------------------ the Engine
     def start(self, in_dir: Path, out_dir: Path, first_video: Path) -> None:
-        """Start or connect to Ray, then check from one task that it sees ``out_dir`` (the same folder, not a
+        """Start or connect to Ray (a cluster's address must answer as a gRPC server within
+        ``connect_timeout_s``: :func:`check_address`), then check from one task that it sees ``out_dir`` (the same folder, not a
         namesake on its node), can write to it, and can read ``first_video``."""
         ray = self._ray = import_ray()
         self._owned = self._local = False
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or "local"
             local = address == "local"
+            if not local and address != "auto":
+                check_address(address, self.connect_timeout_s)
             try:
                 ray.init(address=address, **({"num_cpus": self.num_cpus, "include_dashboard": False} if local else {}))
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -108,7 +114,7 @@ class RayEngine(Engine):
         pending: list = []
         try:
             for t in tasks:
-                ref = remote.remote(threads, fn_ref, t.video, t.out, kwargs_ref)
+                ref = remote.remote(threads, fn_ref, t.video, t.out, kwargs_ref, t.preview)
                 refs[ref] = t
                 pending.append(ref)
             while pending:
@@ -194,13 +200,14 @@ class RayEngine(Engine):
         except Exception:  # noqa: BLE001 - cancelling is best effort; the interrupt itself goes on
             pass
         for task in tasks:
-            remove_temporaries(task.out)
+            task.clear()
 
 
-def _ray_task(threads: int, track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any]) -> Outcome:
+def _ray_task(threads: int, track_fn: TrackFn, video: Path, out: Path, kwargs: dict[str, Any],
+              preview: Path | None = None) -> Outcome:
     """One video in a Ray worker: its share of the cores, then :func:`tracker.batch.run_task`."""
     init_worker_threads(threads)
-    return run_task(track_fn, video, out, kwargs)
+    return run_task(track_fn, video, out, kwargs, preview)
 
 
 def _probe_folders(out_dir: str, marker: str, token: str, video: str) -> tuple[str, str | None]:
@@ -227,3 +234,54 @@ def _probe_folders(out_dir: str, marker: str, token: str, video: str) -> tuple[s
     except OSError as exc:
         return host, f"{video}: cannot read it: {exc.strerror or exc}"
     return host, None
+
+
+#: Default ports of a Ray address without one: the Ray Client server (``ray://``) and the GCS.
+RAY_CLIENT_PORT, GCS_PORT = 10001, 6379
+#: An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """Check that a Ray cluster address (``ray://host[:10001]`` or ``host[:6379]``) answers as a gRPC server,
+    as the Ray Client server and the GCS do, within ``timeout_s`` seconds.
+
+    ``ray.init`` retries an address where nothing listens for a minute and more before it fails, and one
+    where something else listens (the dashboard's 8265) may hang; this check fails in at most
+    ``timeout_s`` (plus the name lookup). It is skipped for TLS clusters (``$RAY_USE_TLS``), whose
+    handshake it does not speak, which are then checked by the TCP connection alone.
+
+    Raises:
+        InputError: one line naming the address: unparsable, the host unknown, nothing listening, no answer
+            in time, or not a gRPC server.
+    """
+    client = address.startswith("ray://")
+    rest = address[len("ray://"):] if client else address
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or "]" in port_text:  # no port (an IPv6 address in brackets has colons of its own)
+        host, port_text = rest, str(RAY_CLIENT_PORT if client else GCS_PORT)
+    host = host.strip("[]")
+    if not host or not port_text.isdigit():
+        raise InputError(f"cannot connect to Ray at {address}: not host:port or ray://host:port")
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() not in ("", "0", "false")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout_s) as conn:
+            if tls:
+                return
+            conn.settimeout(timeout_s)
+            conn.sendall(_HTTP2_HELLO)
+            head = b""
+            while len(head) < 9:  # the server's first frame must be its SETTINGS
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except socket.gaierror as exc:
+        raise InputError(f"cannot connect to Ray at {address}: unknown host {host} ({exc.strerror})") from None
+    except OSError as exc:  # refused, unreachable, timed out
+        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise InputError(f"cannot connect to Ray at {address}: {reason}") from None
+    if len(head) < 9 or head[3] != 4:
+        port_hint = f"Ray Client's is {RAY_CLIENT_PORT}" if client else f"the GCS's is {GCS_PORT}"
+        raise InputError(f"cannot connect to Ray at {address}: it does not answer as Ray does (a gRPC server; "
+                         f"{port_hint}, not the dashboard's 8265)")

@@ -31,7 +31,8 @@ import av
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracker.batch import LocalEngine, track_folder  # noqa: E402
+from tracker.batch import track_folder  # noqa: E402
+from tracker.local_engine import LocalEngine  # noqa: E402
 from tracker.pipeline import TrackConfig, track_video_quietly  # noqa: E402
 from tracker.ray_engine import RayEngine, import_ray  # noqa: E402
 

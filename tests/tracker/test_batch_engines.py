@@ -2,7 +2,10 @@
 result arrives, worker deaths, cancelling on Ctrl-C, leftover temporaries; the folder command's engine options."""
 
 import json
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,9 +14,10 @@ from click.testing import CliRunner
 
 import tracker.batch as batch
 from exporters.base import temp_name
-from tracker.batch import WORKER_DIED, Engine, LocalEngine, Outcome, remove_temporaries, run_task, track_folder
+from tracker.batch import WORKER_DIED, Engine, Outcome, remove_temporaries, run_task, track_folder
+from tracker.local_engine import LocalEngine
 from tracker.cli import main
-from tracker.ray_engine import RayEngine, _probe_folders
+from tracker.ray_engine import RayEngine, _probe_folders, check_address
 from tests.tracker.test_batch import fake_track, make_folder
 
 
@@ -130,8 +134,8 @@ def test_folder_command_builds_the_engine_from_its_options(tmp_path, monkeypatch
     videos = make_folder(tmp_path, ["a.mp4"])
     got = {}
 
-    def fake_track_folder(source, out, ext, engine, progress, track_fn, cfg):
-        got["engine"], got["cfg"] = engine, cfg
+    def fake_track_folder(source, out, ext, engine, progress, track_fn, preview_dir, cfg):
+        got["engine"], got["cfg"], got["preview_dir"] = engine, cfg, preview_dir
         return SimpleNamespace(counts={"ok": 0, "failed": 1}, report_path=Path(out) / "report.json", failed=True,
                                files=[SimpleNamespace(status="failed", input="a.mp4", error="no face")])
 
@@ -149,7 +153,7 @@ def test_folder_command_builds_the_engine_from_its_options(tmp_path, monkeypatch
     assert got["engine"] == RayEngine(address=None, cpus_per_task=1.0, gpus_per_task=0.0, retries=0)
 
     res = run(main, [str(videos), "--out", str(tmp_path / "o"), "--retries", "2", "--address", "h:6379"])
-    assert res.exit_code == 2 and res.output == "nphm-track: error: --address, --retries: only with --engine ray\n"
+    assert res.exit_code == 2 and res.output == "nphm-track: error: --address: only with --engine ray\n"
     res = run(main, [str(videos), "--out", str(tmp_path / "o"), "--engine", "ray", "--gpus-per-task", "1"])
     assert res.exit_code == 2 and res.output == "nphm-track: error: --gpus-per-task: only with --device cuda\n"
 
@@ -184,3 +188,66 @@ def test_the_ray_folder_probe_says_what_a_node_cannot_see(tmp_path):
     marker.write_text("token")
     _, error = _probe_folders(str(tmp_path), marker.name, "token", str(tmp_path / "gone.mp4"))
     assert error.startswith(f"{tmp_path / 'gone.mp4'}: cannot read it: ")
+
+
+def serve_once(answer: bytes | None) -> int:
+    """A one-connection TCP server on a free local port that reads the client's first bytes and answers with
+    ``answer`` (``None``: never answers); returns the port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        conn.recv(64)
+        if answer is not None:
+            conn.sendall(answer)
+        time.sleep(2)
+        conn.close()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_wrong_ray_address_fails_fast_with_one_line_naming_it(tmp_path, monkeypatch):
+    settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an HTTP/2 server's first frame, as gRPC servers send
+    check_address(f"127.0.0.1:{serve_once(settings)}", timeout_s=5)
+    check_address(f"ray://127.0.0.1:{serve_once(settings)}", timeout_s=5)
+    port = free_port()
+    for address, error in [
+        (f"127.0.0.1:{port}", "Connection refused"),
+        ("ray://no-such-host.invalid", "unknown host no-such-host.invalid"),
+        (f"127.0.0.1:{serve_once(b'HTTP/1.1 400 Bad Request')}", "it does not answer as Ray does (a gRPC server; "
+                                                                 "the GCS's is 6379, not the dashboard's 8265)"),
+        (f"127.0.0.1:{serve_once(None)}", "no answer within 0.5 s"),
+        ("head:port", "not host:port or ray://host:port"),
+    ]:
+        t0 = time.perf_counter()
+        with pytest.raises(batch.InputError) as exc:
+            check_address(address, timeout_s=0.5)
+        message = str(exc.value)  # the resolver's own words may follow an unknown host
+        assert message.startswith(f"cannot connect to Ray at {address}: {error}") and "\n" not in message
+        assert time.perf_counter() - t0 < 2
+
+    # the command: one line, before ray.init (which would retry for minutes) and before any work
+    class FakeRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            raise AssertionError("ray.init must not be reached")
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    videos = make_folder(tmp_path, ["a.mp4"])
+    res = CliRunner().invoke(main, [str(videos), "--out", str(tmp_path / "o"), "--engine", "ray", "--address",
+                                    f"127.0.0.1:{port}", "-q"])
+    assert (res.exit_code, res.output) == (2, f"nphm-track: error: cannot connect to Ray at 127.0.0.1:{port}: "
+                                              "Connection refused\n")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []

@@ -4,7 +4,9 @@ The same core with a scripted engine is tested fast in test_batch_engines.py."""
 
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -122,3 +124,17 @@ def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, local_ray):
     assert sorted(p.name for p in out.iterdir()) == ["a.npz", "report.json"]  # nothing half-written
     time.sleep(SLOW_S + 2 - (time.perf_counter() - t0))
     assert sorted(p.name for p in out.iterdir()) == ["a.npz", "report.json"]  # they were stopped, not left running
+
+
+def test_a_wrong_address_fails_within_30_seconds_naming_it(tmp_path):
+    videos = make_folder(tmp_path, ["a.mp4"])
+    with socket.socket() as s:  # a local port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        t0 = time.perf_counter()
+        with pytest.raises(InputError, match=f"^cannot connect to Ray at {re.escape(address)}: "):
+            track_folder(videos, tmp_path / "out", ext=".npz", track_fn=fake_track, progress=False,
+                         engine=RayEngine(address=address))
+        assert time.perf_counter() - t0 < 30
+        assert not ray.is_initialized()
