@@ -78,20 +78,26 @@ def data_renders(out_dir: str, n: int, resolution: int, seed: int, ict_path: str
 @click.option("--strong", is_flag=True,
               help="Strong expressions: jawOpen up to 1, full blinks, smiles, puckers, funnels, brows up and down, "
                    "some one-sided (half the keyframes are one strong expression at 0.7-1; speech jaw 0.5-1).")
+@click.option("--still", is_flag=True,
+              help="A still, neutral face (no expression, blink or speech) while the head turns: the jitter test.")
 @click.option("--ict", "ict_path", type=click.Path(), default=None,
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def data_videos(out_dir: str, n: int, frames: int, resolution: int, fps: float, seed: int, yaw_deg: float,
-                pitch_deg: float, roll_deg: float, strong: bool, ict_path: str | None) -> None:
+                pitch_deg: float, roll_deg: float, strong: bool, still: bool, ict_path: str | None) -> None:
     """Synthetic H.264 videos of one head each, with per-frame ground truth beside them.
 
     Writes OUT/video_NNNN.mp4, OUT/video_NNNN.gt.npz and OUT/manifest.json; re-running resumes.
     """
-    from train.video import VideoConfig, generate_videos, strong_video_config
+    from train.video import VideoConfig, generate_videos, still_video_config, strong_video_config
 
+    if strong and still:
+        raise click.UsageError("--strong and --still exclude each other")
     cfg = VideoConfig(yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
     if strong:
         cfg = strong_video_config(cfg)
+    if still:
+        cfg = still_video_config(cfg)
     click.echo(generate_videos(out_dir, n, frames, resolution, fps, seed, ict_path, cfg=cfg))
 
 

@@ -136,6 +136,13 @@ def strong_video_config(cfg: VideoConfig) -> VideoConfig:
                                blink_rate_hz=0.5)
 
 
+def still_video_config(cfg: VideoConfig) -> VideoConfig:
+    """``cfg`` with a still face (``nphm-train data videos --still``): neutral throughout, no blinks, no speech;
+    the head still turns as ``cfg`` says. Anything a tracker's expression or curves do on it is noise."""
+    return dataclasses.replace(cfg, expression_gain=(0.0, 0.0), strong_keyframes=0.0, blink_rate_hz=0.0,
+                               speech_probability=0.0)
+
+
 def strong_expression(rng: np.random.Generator, names) -> np.ndarray:
     """``[K_ex]`` one of :data:`STRONG_EXPRESSIONS` at intensity U(0.7, 1) (``jawOpen`` with a funnel at half)."""
     names = list(names)

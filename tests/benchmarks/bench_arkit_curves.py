@@ -11,12 +11,16 @@ read from ``--track-dir``); the track's ``arkit`` curves (:mod:`tracker.arkit`) 
 - jitter on still stretches: the mean absolute second difference of the tracked curves of the moving shapes,
   over frames where no true curve changes (``|second difference| < 1e-3`` for every shape), against the same
   figure over all frames of the truth (its motion);
-- the rig's residual: the median and 95th percentile of the per-frame solve residual (mm RMS per point).
+- the rig's residual: the median and 95th percentile of the per-frame solve residual (mm RMS per point);
+- with ``--still`` (``nphm-train data videos --still``: a neutral face, no blink, while the head turns; every
+  true curve is 0): the jitter of the curves (mean absolute second difference over frames, all 52), their
+  mean (false activation) and the largest weight any shape reaches.
 
 One JSON line. The README's figures::
 
     nphm-train data videos --out data/videos_strong -n 3 --frames 100 --res 512 --seed 9300 --yaw 30 --strong
-    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --save-tracks runs/tracks_arkit
+    nphm-train data videos --out data/videos_still -n 2 --frames 100 --res 512 --seed 9400 --yaw 30 --still
+    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --still data/videos_still
 """
 
 from __future__ import annotations
@@ -71,8 +75,11 @@ def jitter(pred: list[np.ndarray], truth: list[np.ndarray], cols: list[int]) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--videos", type=Path, default=ROOT / "data" / "videos_strong")
-    ap.add_argument("--track-dir", type=Path, default=None, help="read <video stem>.track.npz from here")
-    ap.add_argument("--save-tracks", type=Path, default=None, help="write the tracks made here")
+    ap.add_argument("--track-dir", type=Path, default=None,
+                    help="read <video folder name>/<video stem>.track.npz from here (as --save-tracks writes them)")
+    ap.add_argument("--save-tracks", type=Path, default=None,
+                    help="write the tracks made here, as <video folder name>/<video stem>.track.npz")
+    ap.add_argument("--still", type=Path, default=None, help="folder of still-face videos for the jitter")
     ap.add_argument("--moves", type=float, default=0.2, help="a shape counts when its truth reaches this")
     ap.add_argument("--resolve", choices=["regressor", "solve"], default=None,
                     help="with --track-dir: make the curves again: with the shipped landmark regressor, or by the "
@@ -87,22 +94,28 @@ def main() -> None:
     videos = sorted(args.videos.glob("*.mp4"))
     if not videos:
         raise SystemExit(f"{args.videos}: no videos (make them with `nphm-train data videos --strong`)")
-    preds, truths, residuals, seconds = [], [], [], 0.0
-    for video in videos:
-        gt = np.load(video.with_suffix(".gt.npz"))
-        truth = arkit_from_ict(gt["w_ex"], [str(n) for n in gt["expression_names"]])
+    seconds = [0.0]
+
+    def tracked(video: Path):
         if args.track_dir is not None:
-            track = load_track(args.track_dir / f"{video.stem}.track.npz")
+            track = load_track(args.track_dir / video.parent.name / f"{video.stem}.track.npz")
             if track.arkit is None or args.resolve is not None:
                 options = {} if args.ridge is None else {"ridge": args.ridge}
                 add_arkit_curves(track, regressor=None if args.resolve == "solve" else "default", **options)
-        else:
-            t0 = time.perf_counter()
-            track = track_video(video, None, TrackConfig(), progress=False).track
-            seconds += time.perf_counter() - t0
-            if args.save_tracks is not None:
-                args.save_tracks.mkdir(parents=True, exist_ok=True)
-                save_track(args.save_tracks / f"{video.stem}.track.npz", track)
+            return track
+        t0 = time.perf_counter()
+        track = track_video(video, None, TrackConfig(), progress=False).track
+        seconds[0] += time.perf_counter() - t0
+        if args.save_tracks is not None:
+            (args.save_tracks / video.parent.name).mkdir(parents=True, exist_ok=True)
+            save_track(args.save_tracks / video.parent.name / f"{video.stem}.track.npz", track)
+        return track
+
+    preds, truths, residuals = [], [], []
+    for video in videos:
+        gt = np.load(video.with_suffix(".gt.npz"))
+        truth = arkit_from_ict(gt["w_ex"], [str(n) for n in gt["expression_names"]])
+        track = tracked(video)
         usable = track.usable
         preds.append(track.arkit[usable])
         truths.append(truth[track.frame_index[usable]])
@@ -114,14 +127,24 @@ def main() -> None:
     mae = [v["mae"] for v in per.values()]
     order = sorted(per, key=lambda n: per[n]["corr"])
     res = np.concatenate(residuals)
+    still = None
+    if args.still is not None:
+        curves = [tracked(v).arkit for v in sorted(args.still.glob("*.mp4"))]
+        if not curves:
+            raise SystemExit(f"{args.still}: no videos (make them with `nphm-train data videos --still`)")
+        still = {"videos": len(curves), "frames": int(sum(len(c) for c in curves)),
+                 "jitter": round(float(np.mean([np.abs(np.diff(c, 2, axis=0)).mean() for c in curves])), 5),
+                 "mean_weight": round(float(np.mean([c.mean() for c in curves])), 4),
+                 "largest_weight": round(float(max(c.max() for c in curves)), 3),
+                 "largest_shape": ARKIT_NAMES[int(np.argmax(np.max([c.max(0) for c in curves], 0)))]}
     print(json.dumps({
         "bench": "arkit_curves", "videos": len(videos), "frames": int(len(pred)), "moving_shapes": len(per),
         "mean_corr": round(float(np.mean(corr)), 3), "mean_mae": round(float(np.mean(mae)), 4),
         "still_face_mean_mae": round(float(np.mean([v["still_face_mae"] for v in per.values()])), 4),
         "targets": TARGETS, "weakest": order[:8], "strongest": order[-8:][::-1],
-        "jitter": jitter(preds, truths, cols),
+        "jitter": jitter(preds, truths, cols), "still": still,
         "residual_mm": {"median": round(float(np.median(res)), 3), "p95": round(float(np.percentile(res, 95)), 3)},
-        "track_seconds": round(seconds, 1), "per_shape": per}))
+        "track_seconds": round(seconds[0], 1), "per_shape": per}))
 
 
 if __name__ == "__main__":

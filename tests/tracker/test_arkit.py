@@ -95,14 +95,21 @@ def test_a_rig_in_a_format_without_blend_shapes_is_one_line(take, tmp_path):
 
 def test_rig_reproduces_the_decoded_head(models, take):
     """The personalised rig at the solved weights against the head decoded at the tracked codes (posed by the
-    forward deformation, as the mesh export is): the solve's residual, stated tolerance 1 mm RMS per point
-    (measured on the strong-expression set: median 0.4 mm, 95th percentile 0.8 mm)."""
+    forward deformation, as the mesh export is), on the tracked identity's mesh: the solve's residual, stated
+    tolerance 1 mm RMS per point (measured on the strong-expression set: median 0.39 mm, 95th percentile
+    0.83 mm). The shipped curves come from the landmark regressor; their residual is reported, not bounded."""
+    from tracker.bake import Baker
+
     track = load_track(take.track_path)
-    assert np.median(track.arkit_residual_mm) < 1.0
+    assert np.isfinite(track.arkit_residual_mm).all()
     layer, codes = models.layer, models.codes
     z_id = torch.from_numpy(track.z_id)[None]
-    canonical = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (4000, 3)).astype(np.float32))
+    baker = Baker(layer, z_id, neutral_expression(codes, layer.cfg.expr_dim)[None], [-0.55, -0.5, -0.95],
+                  [0.55, 0.75, 0.4], resolution=48, forward=models.forward)
+    canonical = baker.topology.canonical_vertices
     solver = CurveSolver(layer, models.forward, z_id, models.arkit_rig, canonical)
+    _, res = solver.solve(torch.from_numpy(track.z_ex))
+    assert np.median(res) < 1.0
     # at a rig code the solve finds that shape (the relative ridge 0.01 keeps 0.99 of a shape on its own)
     shapes = [ARKIT_NAMES.index(n) for n in ("jawOpen", "eyeBlink_L", "mouthSmile_R")]
     w, res = solver.solve(models.arkit_rig.codes[shapes])

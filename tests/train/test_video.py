@@ -80,6 +80,16 @@ def test_trajectories_are_smooth_and_bounded():
     assert np.abs(np.diff(angles, axis=0)).max() < 3.0 and np.ptp(angles[:, 0]) > 1.0
 
 
+def test_still_preset_keeps_the_face_neutral_while_the_head_turns():
+    from train.video import still_video_config
+
+    cfg = still_video_config(VideoConfig(frames=100, fps=25.0))
+    w = expression_trajectory(np.random.default_rng(3), cfg, NAMES)
+    assert np.abs(w).max() == 0.0
+    angles, _ = pose_trajectory(np.random.default_rng(3), cfg)
+    assert np.ptp(angles[:, 0]) > 1.0
+
+
 def test_smooth_keyframes_hit_keys_without_overshoot():
     times = np.array([0.0, 1.0, 2.0])
     vals = np.array([[0.0], [1.0], [0.0]])
