@@ -44,14 +44,32 @@ class ArkitDataConfig:
     ict_path: Optional[str] = None
     shard: tuple[int, int] = (0, 1)
     """``(i, n)``: make only the chunks ``c`` with ``c % n == i`` (run ``n`` processes side by side)."""
+    squint_share: float = 0.0
+    """Share of squint samples (:func:`sample_expression_mix`)."""
 
 
-def sample_expression_mix(rng: np.random.Generator, names) -> np.ndarray:
-    """``[K_ict]`` one training expression (module docstring's mixture)."""
+SQUINTS = ("eyeSquint_L", "eyeSquint_R", "cheekSquint_L", "cheekSquint_R", "browDown_L", "browDown_R",
+           "noseSneer_L", "noseSneer_R")
+"""Shapes that narrow the eyes without closing them: what a landmark reader confuses with a blink."""
+
+
+def sample_expression_mix(rng: np.random.Generator, names, squint_share: float = 0.0) -> np.ndarray:
+    """``[K_ict]`` one training expression (module docstring's mixture); with probability ``squint_share`` a
+    squint instead: 1-3 of :data:`SQUINTS` at 0.5-1 (often with a smile), the lids open or half closed."""
     from train.sampler import sample_expression
     from train.video import strong_expression
 
     names = list(names)
+    if squint_share > 0 and rng.random() < squint_share:
+        w = np.zeros(len(names))
+        for n in rng.choice(SQUINTS, int(rng.integers(1, 4)), replace=False):
+            w[names.index(n)] = rng.uniform(0.5, 1.0)
+        if rng.random() < 0.5:
+            a = rng.uniform(0.3, 1.0)
+            w[names.index("mouthSmile_L")] = w[names.index("mouthSmile_R")] = a
+        if rng.random() < 0.3:
+            w[names.index("eyeBlink_L")] = w[names.index("eyeBlink_R")] = rng.uniform(0.0, 0.6)
+        return np.clip(w, 0.0, 1.0).astype(np.float32)
     kind = rng.integers(4)
     if kind == 0:
         w = sample_expression(rng, 1, names)[0] * rng.uniform(0.5, 1.0)
@@ -103,7 +121,7 @@ def generate_arkit_data(cfg: ArkitDataConfig, progress: bool = True) -> Path:
         for i in range(c * CHUNK, min((c + 1) * CHUNK, cfg.samples)):
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 31, i]))
             w_id = sample_identity(rng, 1, 1.0, kit.n_identity)[0]
-            w_ex = sample_expression_mix(rng, kit.expression_names)
+            w_ex = sample_expression_mix(rng, kit.expression_names, cfg.squint_share)
             head = head_vertices(kit, w_id, w_ex)
             view = sample_view(rng, views, framing_points(head.canonical), cfg.resolution, cfg.resolution)
             geom = render_head(head, mesh, view.camera, view.pose)
@@ -121,10 +139,12 @@ def generate_arkit_data(cfg: ArkitDataConfig, progress: bool = True) -> Path:
     return out
 
 
-def load_arkit_data(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    files = sorted(Path(data_dir).glob("chunk_*.npz"))
+def load_arkit_data(*data_dirs: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(landmarks [N, 478, 2], arkit [N, 52])`` of every chunk of the folders, in folder then chunk order."""
+    files = [f for d in data_dirs for f in sorted(Path(d).glob("chunk_*.npz"))]
     if not files:
-        raise FileNotFoundError(f"{data_dir}: no chunk_*.npz (run nphm-train arkit-regressor --data-only first)")
+        raise FileNotFoundError(f"{', '.join(map(str, data_dirs))}: no chunk_*.npz (run nphm-train arkit-regressor "
+                                "without --out first)")
     lm = np.concatenate([np.load(f)["landmarks"] for f in files])
     w = np.concatenate([np.load(f)["arkit"] for f in files])
     return torch.from_numpy(lm), torch.from_numpy(w)
@@ -134,6 +154,8 @@ def load_arkit_data(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 class ArkitTrainConfig:
     data_dir: str
     out_path: str
+    extra_data: tuple[str, ...] = ()
+    """More sample folders; the held-out samples are the last of ``data_dir``."""
     steps: int = 6000
     batch_size: int = 128
     lr: float = 1e-3
@@ -166,6 +188,9 @@ def train_arkit_regressor(cfg: ArkitTrainConfig, log=print) -> dict:
     if n <= cfg.heldout + cfg.batch_size:
         raise ValueError(f"{cfg.data_dir}: {n} samples is too few for {cfg.heldout} held out")
     tr_lm, tr_w, ho_lm, ho_w = lm[:-cfg.heldout], w[:-cfg.heldout], lm[-cfg.heldout:], w[-cfg.heldout:]
+    if cfg.extra_data:
+        x_lm, x_w = load_arkit_data(*cfg.extra_data)
+        tr_lm, tr_w, n = torch.cat([tr_lm, x_lm]), torch.cat([tr_w, x_w]), n + len(x_lm)
     model = ArkitRegressor(ArkitRegressorConfig(hidden=cfg.hidden, layers=cfg.layers))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=0.02 * cfg.lr)

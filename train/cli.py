@@ -487,12 +487,17 @@ def arkit_rig(head_path: str, forward_path: str | None, out_path: str, identitie
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data and of the training.")
 @click.option("--shard", default="0/1", show_default=True,
               help="I/N: make only every N-th chunk of the data, from the I-th (N processes side by side).")
+@click.option("--squint-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of samples that narrow the eyes without closing them (squints, brows down, sneers).")
+@click.option("--extra-data", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="More sample folders to train on (repeatable); the held-out samples are --data's last.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--ict", "ict_path", type=click.Path(), default=None,
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolution: int, steps: int, seed: int,
-                    shard: str, threads: int | None, ict_path: str | None) -> None:
+                    shard: str, squint_share: float, extra_data: tuple[str, ...], threads: int | None,
+                    ict_path: str | None) -> None:
     """The landmark -> ARKit-52 regressor (model/arkit_regressor.py): renders of the synthetic head world through
     the real detector, then a small MLP from the 478 normalised landmarks to the 52 weights
     (train/arkit_regressor.py)."""
@@ -508,10 +513,10 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
     except (ValueError, AssertionError):
         raise click.BadParameter(f"{shard!r}: expected I/N with 0 <= I < N", param_hint="--shard") from None
     generate_arkit_data(ArkitDataConfig(out_dir=data_dir, samples=samples, resolution=resolution, seed=seed,
-                                        ict_path=ict_path, shard=(i, n)))
+                                        ict_path=ict_path, shard=(i, n), squint_share=squint_share))
     if out_path is not None:
-        train_arkit_regressor(ArkitTrainConfig(data_dir=data_dir, out_path=out_path, steps=steps, seed=seed),
-                              log=click.echo)
+        train_arkit_regressor(ArkitTrainConfig(data_dir=data_dir, out_path=out_path, steps=steps, seed=seed,
+                                               extra_data=tuple(extra_data)), log=click.echo)
 
 
 @main.command("landmark-regressor")
