@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -70,6 +71,22 @@ def temp_name(target: Path, suffix: str | None = None) -> Path:
     suffix = target.suffix if suffix is None else suffix
     stem = target.name[: len(target.name) - len(target.suffix)] if target.suffix else target.name
     return target.with_name(f".{stem}.{secrets.token_hex(4)}.partial{suffix}")
+
+
+@contextmanager
+def atomic_path(path: Path, what: str = "") -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` (:func:`temp_name`) for the block to write; renamed onto
+    ``path`` when the block ends without an error, deleted otherwise. An :class:`OSError` becomes a one-line
+    :class:`InputError` naming ``path`` (``what``: what could not be written, e.g. ``" the track file"``)."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write{what}: {exc.strerror or exc}") from None
+    finally:
+        remove_path(tmp)
 
 
 def remove_path(path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exporters.base import ExportResult, temp_name
+from exporters.base import ExportResult, atomic_path
 from model.errors import InputError
 
 LIVE_LINK_HEADER = (
@@ -104,13 +104,6 @@ def write_live_link_csv(path: str | os.PathLike, names: Sequence[str], weights: 
         values = [f"{v:.6f}" for v in np.clip(w[i, order], 0.0, 1.0)]
         values += [f"{v:.6f}" for v in rot[i]] + ["0.000000"] * 6
         lines.append(",".join([timecode(t[i], fps), str(len(LIVE_LINK_HEADER) - 2)] + values))
-    tmp = temp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ExportResult(path, len(w), 0, path.stat().st_size, [path], {"columns": len(LIVE_LINK_HEADER)})

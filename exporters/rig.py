@@ -19,14 +19,15 @@ temporary name and renamed when complete.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporters.base import METRES_PER_UNIT, NPHM_UNITS_PER_METRE, ExportResult, check_colors, check_faces, \
-    remove_path, temp_name
+from exporters.base import METRES_PER_UNIT, NPHM_UNITS_PER_METRE, ExportResult, atomic_path, check_colors, \
+    check_faces
 from model.errors import InputError
 
 RIG_EXTENSIONS = (".glb", ".gltf", ".usd", ".usdc", ".usda")
@@ -107,30 +108,18 @@ def write_rig(path: str | os.PathLike, faces: Any, rig: BlendShapeRig, weights: 
     base, offsets = rig.base * scale, rig.offsets * scale
     info = {"fps": float(fps), "start_frame": int(start_frame), "rig_targets": len(rig.names), **(extras or {})}
     ext = path.suffix.lower()
-    tmp = temp_name(path)
-    bin_final = path.with_suffix(".bin") if ext == ".gltf" else None
-    bin_tmp = temp_name(bin_final) if bin_final else None
-    try:
+    files = [path] + ([path.with_suffix(".bin")] if ext == ".gltf" else [])  # a .gltf's buffer beside it
+    with ExitStack() as stack:  # every file under a temporary name, renamed when all are written
+        tmp, *bin_tmp = [stack.enter_context(atomic_path(f)) for f in files]
         if ext in (".glb", ".gltf"):
             from exporters.gltf import morph_document, save_document
 
             doc, blob = morph_document(faces, base, offsets, rig.names, w, fps, vertex_colors=colors, extras=info,
                                        node_motion=None if t is None else _rigid(t, scale))
-            save_document(doc, blob, tmp, bin_final.name if bin_final else None, bin_tmp)
+            save_document(doc, blob, tmp, *((files[1].name, bin_tmp[0]) if bin_tmp else ()))
         else:
             _write_usd(tmp, faces, base, offsets, rig.names, w, fps, t, scale, METRES_PER_UNIT[units], colors,
                        int(start_frame), info)
-        files = [path]
-        if bin_final is not None:
-            os.replace(bin_tmp, bin_final)
-            files.append(bin_final)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        for p in (tmp, bin_tmp):
-            if p is not None and p.exists():
-                remove_path(p)
     size = sum(f.stat().st_size for f in files)
     return ExportResult(path, len(w), v, size, files, {"rig_targets": len(rig.names)})
 

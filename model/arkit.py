@@ -158,16 +158,10 @@ def load_arkit_rig(path: str | Path) -> ArkitRig:
 def rig_for_head(head_path: str | Path | None) -> ArkitRig | None:
     """The rig asset of a head checkpoint: the shipped one for the shipped head (``None`` or its path),
     ``<head stem>.arkit.pt`` beside another head when there is one, else ``None``."""
-    from model.checkpoint import default_weights
+    from model.checkpoint import head_asset
 
-    shipped = default_weights("head_default")
-    if head_path is None or Path(head_path).resolve() == shipped.resolve():
-        try:
-            return load_arkit_rig(default_weights("arkit_rig_default"))
-        except InputError:  # not shipped
-            return None
-    beside = Path(head_path).with_suffix(".arkit.pt")
-    return load_arkit_rig(beside) if beside.is_file() else None
+    path = head_asset(head_path, "arkit_rig_default", ".arkit.pt")
+    return load_arkit_rig(path) if path is not None else None
 
 
 def solve_curves(basis: np.ndarray, displacement: np.ndarray, ridge: float = 1e-2

@@ -86,10 +86,7 @@ def load_arkit_regressor(path: str | Path) -> tuple[ArkitRegressor, dict]:
 
 def default_arkit_regressor() -> Optional[ArkitRegressor]:
     """The shipped regressor (``model/weights/arkit_regressor_default.pt``), or ``None`` if absent."""
-    from model.checkpoint import default_weights
+    from model.checkpoint import WEIGHTS_DIR
 
-    try:
-        path = default_weights(DEFAULT_NAME)
-    except InputError:  # not shipped
-        return None
-    return load_arkit_regressor(path)[0]
+    path = WEIGHTS_DIR / f"{DEFAULT_NAME}.pt"
+    return load_arkit_regressor(path)[0] if path.is_file() else None

@@ -344,3 +344,15 @@ def default_weights(name: str = "head_default", suffix: str = ".pt") -> Path:
         have = sorted(p.name for p in WEIGHTS_DIR.glob(f"*{suffix}")) if WEIGHTS_DIR.is_dir() else []
         raise InputError(f"{path}: no such weights file; shipped: {', '.join(have) or 'none'}")
     return path
+
+
+def head_asset(head_path: PathLike | None, shipped_name: str, beside_suffix: str) -> Optional[Path]:
+    """The file of an asset that belongs to a head checkpoint: ``model/weights/<shipped_name>.pt`` for the
+    shipped head (``None`` or its path), ``<head stem><beside_suffix>`` beside another head; ``None`` when
+    that file is not there."""
+    shipped = WEIGHTS_DIR / "head_default.pt"
+    if head_path is None or Path(head_path).resolve() == shipped.resolve():
+        path = WEIGHTS_DIR / f"{shipped_name}.pt"
+    else:
+        path = Path(head_path).with_suffix(beside_suffix)
+    return path if path.is_file() else None

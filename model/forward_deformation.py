@@ -186,13 +186,10 @@ def forward_for_head(head_path: str | Path | None) -> Optional[ForwardDeformatio
     """The forward deformation that belongs to a head checkpoint: the shipped one for the shipped head
     (``None`` or its path), ``<head stem>.forward.pt`` beside another head when there is one, else ``None``
     (the inversion then starts from the canonical points; ``nphm-train forward-deformation`` makes one)."""
-    from model.checkpoint import default_weights
+    from model.checkpoint import head_asset
 
-    shipped = default_weights("head_default")
-    if head_path is None or Path(head_path).resolve() == shipped.resolve():
-        return load_forward_deformation(default_weights(DEFAULT_NAME))[0]
-    beside = Path(head_path).with_suffix(".forward.pt")
-    return load_forward_deformation(beside)[0] if beside.is_file() else None
+    path = head_asset(head_path, DEFAULT_NAME, ".forward.pt")
+    return load_forward_deformation(path)[0] if path is not None else None
 
 
 def forward_posed(forward: ForwardDeformation, layer: Any, x_canonical: Tensor, z_id: Tensor, z_ex: Tensor) -> Tensor:

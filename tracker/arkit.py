@@ -141,11 +141,10 @@ class CurveSolver:
         return solve_curves(self.basis_mm, self.displacement_mm(z_ex), self.ridge)
 
 
-def track_curves(track: Any, layer: Any, forward: Any, rig: ArkitRig, canonical: Tensor,
-                 solver: Optional[CurveSolver] = None, regressor: Any = None) -> CurveSolver:
+def track_curves(track: Any, solver: CurveSolver, regressor: Any = None) -> CurveSolver:
     """Give a :class:`~tracker.trackfile.Track` its curves (``arkit [T, 52]``, ``arkit_names``,
-    ``arkit_residual_mm [T]``; gap rows hold the nearest earlier usable row's). Returns the solver (its
-    :attr:`CurveSolver.personal` is the personalised rig).
+    ``arkit_residual_mm [T]``; gap rows hold the nearest earlier usable row's), with ``solver`` built for the
+    track's identity. Returns the solver (its :attr:`CurveSolver.personal` is the personalised rig).
 
     With a ``regressor`` (:class:`model.arkit_regressor.ArkitRegressor`) and the track's detections, the curves
     are the regressor's reading of the detected landmarks (:func:`regressed_curves`) and the residual is the
@@ -153,7 +152,6 @@ def track_curves(track: Any, layer: Any, forward: Any, rig: ArkitRig, canonical:
     least squares of the tracked expression (:meth:`CurveSolver.solve`)."""
     from tracker.trackfile import hold_over_gaps
 
-    solver = solver or CurveSolver(layer, forward, torch.from_numpy(track.z_id)[None], rig, canonical)
     z_ex = torch.from_numpy(hold_over_gaps(track.z_ex, track.usable))
     if regressor is not None and track.detections_px is not None:
         weights = regressed_curves(regressor, track.detections_px, track.usable)

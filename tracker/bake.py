@@ -216,22 +216,15 @@ def export_track(track_or_path: Track | str | os.PathLike, out: str | os.PathLik
             options.setdefault(k, v)
     track = track_or_path if isinstance(track_or_path, Track) else load_track(track_or_path)
     head_path = resolve_head(head, track.head)
-    layer, codes, meta = load_checkpoint(head_path)
-    cfg = layer.cfg
-    if len(track.z_id) != cfg.id_dim or track.z_ex.shape[1] != cfg.expr_dim:
-        raise InputError(f"{head_path}: takes z_id [{cfg.id_dim}] and z_ex [{cfg.expr_dim}] but the track "
-                         f"({track.source}) has [{len(track.z_id)}] and [{track.z_ex.shape[1]}]: it was tracked "
-                         "with another head model")
+    baker = identity_baker(head_path, track.z_id, resolution, max_iter, expr_dim=track.z_ex.shape[1],
+                           source=f"the track ({track.source})")
     z_ex = torch.from_numpy(hold_over_gaps(track.z_ex, track.usable))  # [T, D_ex]
     poses = hold_over_gaps(track.pose, track.usable) if with_pose else None  # [T, 6]
-    baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, cfg.expr_dim)[None],
-                  *head_bbox(meta), resolution=resolution, max_iter=max_iter, forward=forward_for_head(head_path))
     fps = track.fps if fps is None else fps
     if arkit_out:
         if options:
             raise InputError(f"{out}: {', '.join(options)}: not with an ARKit rig or take")
-        return export_arkit(track, out, layer, baker, rig_for_head(head_path), head_path, with_pose=with_pose,
-                            fps=fps, units=units)
+        return export_arkit(track, out, baker, head_path, with_pose=with_pose, fps=fps, units=units)
     if cls is MDDWriter:
         options.setdefault("n_frames", track.n_frames)
     with open_writer(out, baker.faces, baker.n_vertices, fps, units=units, **options) as writer:
@@ -277,44 +270,64 @@ def pca_options(out: str | os.PathLike, rig: str | None) -> dict[str, Any]:
     raise InputError(f"{out}: --rig pca needs a format with blend shapes (.usd .usdc .usda .glb .gltf)")
 
 
-def export_arkit(track: Track, out: str | os.PathLike, layer: HeadLayer, baker: Baker, arkit_rig: Any,
-                 head_path: str | os.PathLike, *, with_pose: bool, fps: float, units: str = "m") -> ExportResult:
-    """Write ``track``'s ARKit curves as a Live Link Face take (``.csv``) or its identity's personalised ARKit
-    rig (:func:`tracker.arkit.write_arkit`), solving the curves first when the track lacks them."""
-    from tracker.arkit import CurveSolver, track_curves, write_arkit
-
-    if arkit_rig is None:
-        raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
-    solver = None
-    if track.arkit is None or Path(out).suffix.lower() != ".csv":
-        solver = CurveSolver(layer, baker.forward, baker.z_id, arkit_rig, baker.topology.canonical_vertices)
-    if track.arkit is None:
-        track_curves(track, layer, baker.forward, arkit_rig, baker.topology.canonical_vertices, solver=solver,
-                     regressor=default_arkit_regressor())
-    return write_arkit(out, track, solver.personal if solver is not None else None, baker.faces,
-                       with_pose=with_pose, fps=fps, units=units)
-
-
-def add_arkit_curves(track: Track, head: str | os.PathLike | None = None, resolution: int = 128,
-                     regressor: Any = "default", **solver_options: Any) -> Any:
-    """Solve the ARKit curves of a track that lacks them (tracked before they existed, or with another rig)
-    and store them on it (:func:`tracker.arkit.track_curves`; ``regressor``: the shipped landmark regressor by
-    default, ``None`` for the solve of the tracked expression, whose :class:`~tracker.arkit.CurveSolver` takes
-    ``solver_options``); returns the solver."""
-    from tracker.arkit import CurveSolver, track_curves
-
-    head_path = resolve_head(head, track.head)
+def identity_baker(head_path: str | os.PathLike, z_id: np.ndarray, resolution: int = 128, max_iter: int = 20, *,
+                   expr_dim: int | None = None, source: str = "the codes") -> Baker:
+    """The head checkpoint at ``head_path`` loaded as a :class:`Baker` of identity ``z_id [D_id]`` (its mesh,
+    its forward deformation); :class:`InputError` when the codes (``expr_dim``: their expression size, if
+    known) are not this head's."""
     layer, codes, meta = load_checkpoint(head_path)
+    cfg = layer.cfg
+    z = torch.as_tensor(np.asarray(z_id, np.float32)).reshape(1, -1)
+    if z.shape[1] != cfg.id_dim or (expr_dim is not None and expr_dim != cfg.expr_dim):
+        raise InputError(f"{head_path}: takes z_id [{cfg.id_dim}] and z_ex [{cfg.expr_dim}] but {source} has "
+                         f"[{z.shape[1]}]" + (f" and [{expr_dim}]" if expr_dim is not None else "")
+                         + ": made with another head model")
+    return Baker(layer, z, neutral_expression(codes, cfg.expr_dim)[None], *head_bbox(meta), resolution=resolution,
+                 max_iter=max_iter, forward=forward_for_head(head_path))
+
+
+def arkit_rig_of(head_path: str | os.PathLike) -> Any:
+    """The ARKit rig asset of a head (:func:`model.arkit.rig_for_head`); :class:`InputError` when it has none."""
     arkit_rig = rig_for_head(head_path)
     if arkit_rig is None:
         raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
-    baker = Baker(layer, torch.from_numpy(track.z_id)[None], neutral_expression(codes, layer.cfg.expr_dim)[None],
-                  *head_bbox(meta), resolution=resolution, forward=forward_for_head(head_path))
+    return arkit_rig
+
+
+def export_arkit(track: Track, out: str | os.PathLike, baker: Baker, head_path: str | os.PathLike, *,
+                 with_pose: bool, fps: float, units: str = "m") -> ExportResult:
+    """Write ``track``'s ARKit curves as a Live Link Face take (``.csv``) or its identity's personalised ARKit
+    rig (:func:`tracker.arkit.write_arkit`), giving the track its curves first when it lacks them (the shipped
+    landmark regressor)."""
+    from tracker.arkit import CurveSolver, PersonalRig, track_curves, write_arkit
+
+    arkit_rig = arkit_rig_of(head_path)
     canonical = baker.topology.canonical_vertices
-    solver = CurveSolver(layer, baker.forward, baker.z_id, arkit_rig, canonical, **solver_options)
-    if isinstance(regressor, str) and regressor == "default":
-        regressor = default_arkit_regressor()
-    return track_curves(track, layer, baker.forward, arkit_rig, canonical, solver=solver, regressor=regressor)
+    solver = None
+    if track.arkit is None:
+        solver = track_curves(track, CurveSolver(baker.layer, baker.forward, baker.z_id, arkit_rig, canonical),
+                              default_arkit_regressor())
+    personal = None
+    if Path(out).suffix.lower() != ".csv":
+        personal = (solver.personal if solver is not None
+                    else PersonalRig.build(baker.layer, baker.forward, baker.z_id, arkit_rig, canonical))
+    return write_arkit(out, track, personal, baker.faces, with_pose=with_pose, fps=fps, units=units)
+
+
+def add_arkit_curves(track: Track, regressor: Any = None, head: str | os.PathLike | None = None,
+                     resolution: int = 128, **solver_options: Any) -> Any:
+    """Give a track new ARKit curves (tracked before they existed, or to compare ways of making them): the
+    readings of ``regressor`` (e.g. :func:`model.arkit_regressor.default_arkit_regressor`), or with ``None``
+    the solve of the tracked expression, whose :class:`~tracker.arkit.CurveSolver` takes ``solver_options``
+    (:func:`tracker.arkit.track_curves`); returns the solver."""
+    from tracker.arkit import CurveSolver, track_curves
+
+    head_path = resolve_head(head, track.head)
+    baker = identity_baker(head_path, track.z_id, resolution, expr_dim=track.z_ex.shape[1],
+                           source=f"the track ({track.source})")
+    solver = CurveSolver(baker.layer, baker.forward, baker.z_id, arkit_rig_of(head_path),
+                         baker.topology.canonical_vertices, **solver_options)
+    return track_curves(track, solver, regressor)
 
 
 def export_personal_rig(z_id: np.ndarray, out: str | os.PathLike, head: str | os.PathLike | None = None,
@@ -328,15 +341,8 @@ def export_personal_rig(z_id: np.ndarray, out: str | os.PathLike, head: str | os
 
     check_rig_target(out)
     head_path = resolve_head(head)
-    layer, codes, meta = load_checkpoint(head_path)
-    arkit_rig = rig_for_head(head_path)
-    if arkit_rig is None:
-        raise InputError(f"{head_path}: this head model has no ARKit rig asset (make one with `nphm-train arkit-rig`)")
-    z = torch.as_tensor(np.asarray(z_id, np.float32)).reshape(1, -1)
-    if z.shape[1] != layer.cfg.id_dim:
-        raise InputError(f"{head_path}: takes z_id [{layer.cfg.id_dim}], got [{z.shape[1]}]")
-    baker = Baker(layer, z, neutral_expression(codes, layer.cfg.expr_dim)[None], *head_bbox(meta),
-                  resolution=resolution, forward=forward_for_head(head_path))
-    personal = PersonalRig.build(layer, baker.forward, z, arkit_rig, baker.topology.canonical_vertices)
+    baker = identity_baker(head_path, z_id, resolution)
+    personal = PersonalRig.build(baker.layer, baker.forward, baker.z_id, arkit_rig_of(head_path),
+                                 baker.topology.canonical_vertices)
     return write_rig(out, baker.faces, BlendShapeRig(personal.neutral, personal.offsets, list(ARKIT_NAMES)),
                      np.zeros((1, len(ARKIT_NAMES)), np.float32), fps, units=units)

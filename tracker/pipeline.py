@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from exporters import ExportResult, open_writer
 from model.errors import InputError
-from tracker.arkit import track_curves, write_arkit
+from tracker.arkit import CurveSolver, track_curves, write_arkit
 from tracker.bake import RIGS, Baker, check_arkit_target, pca_options
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
@@ -416,8 +416,9 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     t = time.perf_counter()
     solver = None
     if models.arkit_rig is not None and models.forward is not None:
-        solver = track_curves(track, models.layer, models.forward, models.arkit_rig,
-                              state["baker"].topology.canonical_vertices, regressor=models.arkit_regressor)
+        solver = track_curves(track, CurveSolver(models.layer, models.forward, tracker.z_id, models.arkit_rig,
+                                                 state["baker"].topology.canonical_vertices),
+                              models.arkit_regressor)
     if arkit_out:
         state["export"] = write_arkit(out, track, solver.personal, state["baker"].faces, with_pose=cfg.with_pose,
                                       fps=fps)

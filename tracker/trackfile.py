@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.base import temp_name
+from exporters.base import atomic_path
 from model.errors import InputError
 
 FORMAT = "nphm-track.track"
@@ -229,16 +229,8 @@ def save_track(path: PathLike, track: Track) -> Path:
         "head": np.array(track.head), "meta": np.array(_meta_json(track.meta)),
     }
     arrays.update({k: getattr(track, k) for k in OPTIONAL_KEYS if getattr(track, k) is not None})
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write the track file: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, " the track file") as tmp, open(tmp, "xb") as f:
+        np.savez(f, **arrays)
     return path
 
 

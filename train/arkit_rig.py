@@ -167,9 +167,8 @@ def build_arkit_rig(cfg: ArkitRigConfig, log=print) -> ArkitRig:
             opt.step()
         rig_codes[j] = z.detach()
         ce, pe = heads(eval_ids, w)
-        cf, pf = can, pos
         entry = {"sdf_l1_mm": round(float(sdf.detach()), 3), "correspondence_mm": round(float(d.detach().mean()), 3)}
-        for label, (zi, c, p) in (("fit", (z_fit, cf, pf)), ("eval", (z_eval, ce, pe))):
+        for label, (zi, c, p) in (("fit", (z_fit, can, pos)), ("eval", (z_eval, ce, pe))):
             err, motion = shape_error(forward, layer, zi, z.detach(), c, p)
             err0, _ = shape_error(forward, layer, zi, start, c, p)
             entry[label] = {"error_mm": round(err, 3), "motion_mm": round(motion, 3),

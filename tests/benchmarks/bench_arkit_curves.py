@@ -20,7 +20,13 @@ One JSON line. The README's figures::
 
     nphm-train data videos --out data/videos_strong -n 3 --frames 100 --res 512 --seed 9300 --yaw 30 --strong
     nphm-train data videos --out data/videos_still -n 2 --frames 100 --res 512 --seed 9400 --yaw 30 --still
-    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --still data/videos_still
+    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --still data/videos_still \
+        --save-tracks runs/tracks_arkit
+    # the same tracks, curves made again: by the solve of the tracked expression, or by another regressor
+    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --still data/videos_still \
+        --track-dir runs/tracks_arkit --resolve solve
+    python tests/benchmarks/bench_arkit_curves.py --videos data/videos_strong --still data/videos_still \
+        --track-dir runs/tracks_arkit --resolve regressor --regressor runs/arkit/regressor_v2.pt
 """
 
 from __future__ import annotations
@@ -82,13 +88,18 @@ def main() -> None:
     ap.add_argument("--still", type=Path, default=None, help="folder of still-face videos for the jitter")
     ap.add_argument("--moves", type=float, default=0.2, help="a shape counts when its truth reaches this")
     ap.add_argument("--resolve", choices=["regressor", "solve"], default=None,
-                    help="with --track-dir: make the curves again: with the shipped landmark regressor, or by the "
-                         "bounded solve of the tracked expression")
+                    help="with --track-dir: make the curves again: with the landmark regressor (--regressor), or by "
+                         "the bounded solve of the tracked expression")
+    ap.add_argument("--regressor", type=Path, default=None,
+                    help="--resolve regressor: this checkpoint [default: the shipped one]")
     ap.add_argument("--ridge", type=float, default=None, help="--resolve solve: its relative ridge")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from model.arkit_regressor import default_arkit_regressor, load_arkit_regressor
     from tracker.bake import add_arkit_curves
+
+    regressor = load_arkit_regressor(args.regressor)[0] if args.regressor else default_arkit_regressor()
     from tracker.pipeline import TrackConfig, track_video
 
     videos = sorted(args.videos.glob("*.mp4"))
@@ -101,7 +112,7 @@ def main() -> None:
             track = load_track(args.track_dir / video.parent.name / f"{video.stem}.track.npz")
             if track.arkit is None or args.resolve is not None:
                 options = {} if args.ridge is None else {"ridge": args.ridge}
-                add_arkit_curves(track, regressor=None if args.resolve == "solve" else "default", **options)
+                add_arkit_curves(track, None if args.resolve == "solve" else regressor, **options)
             return track
         t0 = time.perf_counter()
         track = track_video(video, None, TrackConfig(), progress=False).track

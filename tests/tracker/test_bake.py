@@ -112,7 +112,7 @@ def test_export_track_refusals(tmp_path, head):
         export_track(tmp_path / "missing.npz", tmp_path / "anim.xyz", progress=False)
     small = make_head_track(codes)
     small = Track(**{**vars(small), "z_id": np.zeros(8)})
-    with pytest.raises(InputError, match="tracked with another head model"):
+    with pytest.raises(InputError, match="made with another head model"):
         export_track(small, tmp_path / "anim.npz", progress=False)
     gone = make_head_track(codes, head=str(tmp_path / "gone.pt"))
     with pytest.raises(InputError, match="gone.pt: the head checkpoint the track was made with is missing"):
