@@ -32,17 +32,20 @@ SOLVE_POINTS = 2000
 """Vertices the curve solve uses (an even subsample of the moving ones)."""
 RIDGE = 0.01
 """Relative ridge of the solve (:func:`model.arkit.solve_curves`): a shape alone reads 0.99 of its weight."""
-CHUNK = 8192
+BATCH_POINTS = 32768
+"""Point-code pairs per forward pass of :func:`_posed` (about 100 MB of activations)."""
 
 
 def _posed(layer: Any, forward: Any, canonical: Tensor, z_id: Tensor, z_ex: Tensor) -> Tensor:
-    """``[B, V, 3]`` canonical points ``[V, 3]`` posed at codes ``z_ex [B, D_ex]`` (chunked, no grad)."""
+    """``[B, V, 3]`` canonical points ``[V, 3]`` posed at codes ``z_ex [B, D_ex]`` (no grad), in batches of
+    about :data:`BATCH_POINTS` point-code pairs so that memory stays bounded whatever ``B`` and ``V`` are."""
     out = []
+    step = max(1, BATCH_POINTS // len(z_ex))  # points per batch
     with torch.no_grad():
-        for s in range(0, len(canonical), CHUNK):
-            c = canonical[s:s + CHUNK][None].expand(len(z_ex), -1, -1)
-            out.append(forward_posed(forward, layer, c, z_id.expand(len(z_ex), -1), z_ex))
-    return torch.cat(out, 1).cpu()
+        for s in range(0, len(canonical), step):
+            c = canonical[s:s + step][None].expand(len(z_ex), -1, -1)
+            out.append(forward_posed(forward, layer, c, z_id.expand(len(z_ex), -1), z_ex).cpu())
+    return torch.cat(out, 1)
 
 
 @dataclass
