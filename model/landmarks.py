@@ -164,6 +164,14 @@ class LandmarkMap(nn.Module):
         """Canonical landmarks ``[..., L, 3]`` of whitened coordinates ``[..., r]``."""
         return self.y0 + torch.einsum("...r,rlc->...lc", alpha * self.scale, self.B)
 
+    def recentred(self, alpha: Tensor) -> "LandmarkMap":
+        """The same map with its coordinates' origin moved to ``alpha [r]``: ``new.code_of(a) ==
+        self.code_of(alpha + a)`` (the tracker's identity prior pulls towards the origin)."""
+        alpha = torch.as_tensor(alpha, dtype=self.scale.dtype)
+        if alpha.shape != (self.rank,):
+            raise InputError(f"recentred needs alpha [{self.rank}], got {tuple(alpha.shape)}")
+        return LandmarkMap(self.code_of(alpha), self.basis, self.scale, self.from_coordinates(alpha), self.B)
+
     def forward(self, z_id: Tensor) -> Tensor:
         if z_id.shape[-1] != self.basis.shape[1]:
             raise InputError(f"z_id must be [..., {self.basis.shape[1]}], got {tuple(z_id.shape)}")

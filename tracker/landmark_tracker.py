@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -43,6 +43,20 @@ DEFAULT_REGION_WEIGHTS = {"other": 1.0, "contour": 0.3, "brows": 1.0, "eyes": 2.
                           "nose": 1.0}
 """Per-region landmark weights (eyes, lids and lips high, the jaw contour low: it slides with the view)."""
 
+IDENTITY_PRIORS = ("regressed", "centre", "none")
+
+
+def identity_centre(prior: Any, which: str, landmarks: np.ndarray) -> Optional[torch.Tensor]:
+    """``[r]`` the landmark-map coordinates the identity starts from and shrinks to (``which``, one of
+    :data:`IDENTITY_PRIORS`), with a learned prior ``prior`` (:class:`model.identity_prior.IdentityPrior`, or
+    ``None``) and the detections ``[T, 478, 2]`` of the frames the identity is fitted to; ``None``: the map's
+    own origin."""
+    if prior is None or which == "none":
+        return None
+    if which == "centre":
+        return prior.centre.clone()
+    return prior.pooled(torch.as_tensor(np.asarray(landmarks), dtype=torch.float32))
+
 
 @dataclass
 class LandmarkStrategy:
@@ -62,6 +76,15 @@ class LandmarkStrategy:
         lag, sigma: the fixed-lag smoother (frames).
         posing: ``"forward"`` or ``"inverse"`` (:class:`tracker.landmark_fit.LandmarkRig`); ``None``: forward
             when the head has a forward deformation.
+        identity_prior: where the identity starts and what its prior pulls it towards (one of
+            :data:`IDENTITY_PRIORS`): ``"regressed"``, the learned prior's prediction pooled over the identity
+            window's detections (:meth:`model.identity_prior.IdentityPrior.pooled`); ``"centre"``, the head
+            model's code for ICT-FaceKit's mean head; ``"none"``, the landmark map's origin (the mean of the
+            codes it was fitted to). Without a learned prior for the head, ``"none"``.
+        regressed_prior_gain: with the ``"regressed"`` centre the identity stages' prior weight is multiplied
+            by this: that centre is closer to the person than the others, so the fit may stray less from it
+            (held-out synthetic videos: 10 x, i.e. 0.5, beat 1 x on average and on the worst video; 10 x
+            at the map's origin was worse; ``tests/benchmarks/bench_identity.py --id-weights``).
     """
 
     identity_frames: int = 12
@@ -78,6 +101,8 @@ class LandmarkStrategy:
     lag: int = 1
     sigma: float = 0.6
     posing: Optional[str] = None
+    identity_prior: str = "regressed"
+    regressed_prior_gain: float = 10.0
 
     def __post_init__(self) -> None:
         if self.identity_frames < 1 or self.keyframes < 1 or self.identity_wait < 1:
@@ -87,6 +112,17 @@ class LandmarkStrategy:
             raise InputError(f"LandmarkStrategy.region_weights: unknown regions {sorted(unknown)}; known: {REGIONS}")
         if self.posing not in (None, *POSINGS):
             raise InputError(f"LandmarkStrategy.posing must be 'forward' or 'inverse', got {self.posing!r}")
+        if not self.regressed_prior_gain > 0:
+            raise InputError(f"LandmarkStrategy.regressed_prior_gain must be > 0, got {self.regressed_prior_gain}")
+        if self.identity_prior not in IDENTITY_PRIORS:
+            raise InputError(f"LandmarkStrategy.identity_prior must be one of {IDENTITY_PRIORS}, got "
+                             f"{self.identity_prior!r}")
+
+    def identity_fit_stages(self, centre: Optional[torch.Tensor]) -> list[LandmarkStage]:
+        """The identity stages for a fit centred on ``centre`` (``None``: the landmark map's origin)."""
+        if centre is None or self.identity_prior != "regressed":
+            return list(self.identity_stages)
+        return [replace(s, w_id_prior=s.w_id_prior * self.regressed_prior_gain) for s in self.identity_stages]
 
     def smoother(self) -> FixedLagSmoother:
         return FixedLagSmoother(self.lag, self.sigma)
@@ -121,8 +157,8 @@ class LandmarkTracker:
     """
 
     def __init__(self, layer: Any, codes: dict, assets: LandmarkAssets, strategy: LandmarkStrategy,
-                 K_frame: np.ndarray, clock: Any, forward: Any = None):
-        self.assets, self.strategy, self.clock = assets, strategy, clock
+                 K_frame: np.ndarray, clock: Any, forward: Any = None, identity_prior: Any = None):
+        self.assets, self.strategy, self.clock, self.identity_prior = assets, strategy, clock, identity_prior
         self.rig = build_rig(layer, codes, assets, strategy, forward)
         self.K0 = torch.as_tensor(K_frame, dtype=torch.float32)
         self.shared: Optional[Shared] = None
@@ -149,12 +185,16 @@ class LandmarkTracker:
         faces = [p for p in window if p.crop.landmarks is not None]
         if not faces:
             raise InputError("no face landmarks in the identity window")
+        centre = identity_centre(self.identity_prior, self.strategy.identity_prior,
+                                 np.stack([p.crop.landmarks for p in faces]))
+        if centre is not None:
+            self.rig = replace(self.rig, landmark_map=self.rig.landmark_map.recentred(centre))
         obs = [self.observation(p.crop.landmarks) for p in faces]
         shared = Shared(alpha=torch.zeros(self.rig.landmark_map.rank), phi=torch.tensor(0.0), K0=self.K0)
         states = [start_state(self.rig, shared, o) for o in obs]
         keys = select_keyframes([s.R.numpy() for s in states], self.strategy.keyframes)
         shared, _, report = fit(self.rig, [obs[k] for k in keys], shared, [states[k] for k in keys],
-                                self.strategy.identity_stages)
+                                self.strategy.identity_fit_stages(centre))
         lo, hi = self.strategy.focal_bounds
         shared.phi = shared.phi.clamp(math.log(lo), math.log(hi))
         self.shared = shared
@@ -242,12 +282,10 @@ class PhotoFit:
 
 def fit_photo(layer: Any, codes: dict, assets: LandmarkAssets, image: np.ndarray, K: np.ndarray,
               strategy: Optional[LandmarkStrategy] = None, detector: Any = None, source: str = "image",
-              forward: Any = None) -> PhotoFit:
+              forward: Any = None, identity_prior: Any = None) -> PhotoFit:
     """Identity, expression and pose of the face in one RGB image ``[H, W, 3]`` uint8 from its landmarks:
     PnP, then the identity stages of ``strategy`` without the focal length (one view cannot tell it from the
     distance), with intrinsics ``K [3, 3]``. :class:`InputError` naming ``source`` when no face is found."""
-    from dataclasses import replace
-
     from tracker.detect import FaceMeshConfig
 
     start = time.perf_counter()
@@ -257,10 +295,14 @@ def fit_photo(layer: Any, codes: dict, assets: LandmarkAssets, image: np.ndarray
     if found is None:
         raise InputError(f"{source}: no face found")
     rig = build_rig(layer, codes, assets, strategy, forward)
+    centre = identity_centre(identity_prior, strategy.identity_prior, found.points[None])
+    if centre is not None:
+        rig = replace(rig, landmark_map=rig.landmark_map.recentred(centre))
     obs = Observation(torch.as_tensor(found.points[:rig.n_fit], dtype=torch.float32))
     shared = Shared(alpha=torch.zeros(rig.landmark_map.rank), phi=torch.tensor(0.0),
                     K0=torch.as_tensor(K, dtype=torch.float32))
-    stages = [replace(s, params=tuple(p for p in s.params if p != "focal")) for s in strategy.identity_stages]
+    stages = [replace(s, params=tuple(p for p in s.params if p != "focal"))
+              for s in strategy.identity_fit_stages(centre)]
     shared, (state,), report = fit(rig, [obs], shared, [start_state(rig, shared, obs)], stages)
     return PhotoFit(z_id=rig.z_id(shared.alpha)[None], z_ex=rig.z_ex(state.beta)[None], pose=state.pose,
                     K=np.asarray(K, dtype=np.float64), detections=found.points, cost=report.cost,

@@ -318,7 +318,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             raise InputError(f"{models.head_path}: this head model has no landmark assets (build them with "
                              "`nphm-train landmarks`), or track with --evidence maps")
         tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K_frame, clock,
-                                  forward=models.forward)
+                                  forward=models.forward, identity_prior=models.identity_prior)
     else:
         tracker = VideoTracker(models, strategy, cfg, K_frame, clock)
     smoother = strategy.smoother()

@@ -31,6 +31,7 @@ from model.codes import CodeStatistics
 from model.errors import InputError
 from model.arkit import ArkitRig, rig_for_head
 from model.arkit_regressor import ArkitRegressor, default_arkit_regressor
+from model.identity_prior import IdentityPrior, default_identity_prior
 from model.forward_deformation import ForwardDeformation, forward_for_head
 from model.head import HeadLayer
 from model.landmarks import LandmarkAssets, load_landmark_assets
@@ -74,6 +75,9 @@ class Models:
     arkit_regressor: Optional[ArkitRegressor] = None
     """The landmark -> ARKit-52 regressor (:mod:`model.arkit_regressor`): the ARKit curves; ``None``: they are
     solved from the tracked expression (:class:`tracker.arkit.CurveSolver`)."""
+    identity_prior: Optional[IdentityPrior] = None
+    """The learned identity prior (:mod:`model.identity_prior`) of these landmark assets: where the landmark
+    tracker's identity starts and shrinks to; ``None`` for other assets (the landmark map's origin)."""
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +113,9 @@ class Models:
                      regressor=reg, head_path="default" if head is None else str(head), landmarks=assets,
                      forward=forward_for_head(head), arkit_rig=rig_for_head(head),
                      arkit_regressor=default_arkit_regressor())
+        prior = default_identity_prior() if assets is not None else None
+        if prior is not None and prior.fits(assets.landmark_map):
+            models.identity_prior = prior
         return models.to(device)
 
     def to(self, device: str | torch.device) -> "Models":

@@ -99,7 +99,7 @@ def reconstruct_image(image: str | os.PathLike, out: str | os.PathLike, tto: boo
             frame = next(iter(stream))
             K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
         fit = fit_photo(models.layer, models.codes, models.landmarks, frame.image, K_frame, source=str(image),
-                        forward=models.forward)
+                        forward=models.forward, identity_prior=models.identity_prior)
     else:
         crop, K = crop_image(image)
         fit = fit_image(models, crop, K, tto=tto, steps=steps, mesh_resolution=tto_resolution)

@@ -99,7 +99,7 @@ def identity_from_image(path: Path, head: str, models: Any, tto: bool, crop_conf
             frame = next(iter(stream))
             K_frame = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
         fit = fit_photo(models.layer, models.codes, models.landmarks, frame.image, K_frame, source=str(path),
-                        forward=models.forward)
+                        forward=models.forward, identity_prior=models.identity_prior)
         return fit.z_id[0].detach().cpu().numpy().astype(np.float32), str(path)
     from tracker.single_image import crop_image
 

@@ -93,7 +93,8 @@ def sample_expression_mix(rng: np.random.Generator, names, squint_share: float =
 
 
 def generate_arkit_data(cfg: ArkitDataConfig, progress: bool = True) -> Path:
-    """Write ``chunk_NNNN.npz`` files (``landmarks [n, 478, 2]`` pixels, ``arkit [n, 52]``) to ``cfg.out_dir``;
+    """Write ``chunk_NNNN.npz`` files (``landmarks [n, 478, 2]`` pixels, ``arkit [n, 52]``, the ICT
+    identity weights ``w_id [n, K_id]``) to ``cfg.out_dir``;
     chunks already there are kept (resumable)."""
     from tqdm import tqdm
 
@@ -117,7 +118,7 @@ def generate_arkit_data(cfg: ArkitDataConfig, progress: bool = True) -> Path:
         path = out / f"chunk_{c:04d}.npz"
         if path.is_file() or c % cfg.shard[1] != cfg.shard[0]:
             continue
-        lms, ws = [], []
+        lms, ws, ids = [], [], []
         for i in range(c * CHUNK, min((c + 1) * CHUNK, cfg.samples)):
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 31, i]))
             w_id = sample_identity(rng, 1, 1.0, kit.n_identity)[0]
@@ -133,8 +134,9 @@ def generate_arkit_data(cfg: ArkitDataConfig, progress: bool = True) -> Path:
                 continue
             lms.append(found.points.astype(np.float32))
             ws.append(arkit_from_ict(w_ex, kit.expression_names))
+            ids.append(w_id)
         tmp = path.with_name(f".{path.name}.partial.npz")
-        np.savez(tmp, landmarks=np.stack(lms), arkit=np.stack(ws))
+        np.savez(tmp, landmarks=np.stack(lms), arkit=np.stack(ws), w_id=np.stack(ids).astype(np.float32))
         tmp.replace(path)
     return out
 

@@ -519,6 +519,41 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
                                                extra_data=tuple(extra_data)), log=click.echo)
 
 
+@main.command("identity-prior")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A sample folder of `nphm-train arkit-regressor` (renders through the detector); the held-out "
+                   "samples are its last.")
+@click.option("--extra-data", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="More sample folders to train on (repeatable).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The prior (.pt), e.g. model/weights/identity_prior_default.pt.")
+@click.option("--head", "head_path", type=click.Path(dir_okay=False), default=None, help="Head checkpoint [default: shipped].")
+@click.option("--data-seed", type=int, default=1, show_default=True,
+              help="Seed of the head's `nphm-train data heads` command (its training identities).")
+@click.option("--identities", type=click.IntRange(min=1), default=80, show_default=True,
+              help="Identities of that command.")
+@click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True,
+              help="Regressor steps (batches of 128); more over-fits 18,000 samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--ict", "ict_path", type=click.Path(), default=None,
+              help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
+@one_line_errors("nphm-train")
+def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, head_path: str | None, data_seed: int,
+                   identities: int, steps: int, seed: int, threads: int | None, ict_path: str | None) -> None:
+    """The landmark tracker's identity prior (model/identity_prior.py): the head model's code for ICT's mean
+    head, and a regressor of the identity from one frame's landmarks (train/identity_prior.py)."""
+    from train.identity_prior import IdentityPriorTrainConfig, train_identity_prior
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    train_identity_prior(IdentityPriorTrainConfig(data_dir=data_dir, out_path=out_path, extra_data=tuple(extra_data),
+                                                  head_path=head_path, data_seed=data_seed, identities=identities,
+                                                  steps=steps, seed=seed, ict_path=ict_path), log=click.echo)
+
+
 @main.command("landmark-regressor")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder (landmark_regressor.pt, train_state.pt, samples.pt, config.json); re-running resumes.")

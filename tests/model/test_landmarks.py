@@ -106,3 +106,17 @@ def test_posed_landmarks_gradient_matches_finite_differences():
         plus = posed_landmarks(layer, canonical, z_id, z_ex + eps * direction, max_iter=60, tol=1e-12).x.sum()
         minus = posed_landmarks(layer, canonical, z_id, z_ex - eps * direction, max_iter=60, tol=1e-12).x.sum()
     assert abs(float((g * direction).sum()) - float(plus - minus) / (2 * eps)) < 1e-6
+
+
+def test_recentred_map_moves_only_the_origin():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(20, 10, generator=g, dtype=torch.float64)
+    y = (z @ torch.randn(10, 12, generator=g, dtype=torch.float64)).reshape(20, 4, 3)
+    m = LandmarkMap.fit(z, y, ridge=1e-3, rank=6)
+    c, a = torch.randn(6, generator=g).float(), torch.randn(2, 6, generator=g).float()
+    r = m.recentred(c)
+    torch.testing.assert_close(r.code_of(a), m.code_of(c + a), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.from_coordinates(a), m.from_coordinates(c + a), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.coordinates(m.code_of(c + a)), a, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match=r"alpha \[6\]"):
+        m.recentred(torch.zeros(5))

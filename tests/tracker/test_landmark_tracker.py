@@ -78,3 +78,39 @@ def test_maps_evidence_is_still_available(models, tmp_path):
     assert track.landmarks_px is None and track.meta["evidence"] == "maps"
     with pytest.raises(Exception, match="evidence"):
         TrackConfig(evidence="pixels")
+
+
+def test_identity_centre_follows_the_strategy():
+    import torch
+
+    from model.errors import InputError
+    from model.identity_prior import IdentityPrior, IdentityPriorConfig
+    from tracker.landmark_tracker import LandmarkStrategy, identity_centre
+
+    torch.manual_seed(0)
+    prior = IdentityPrior(IdentityPriorConfig(n_ict=4, rank=6, hidden=16, layers=1)).eval()
+    prior.centre.copy_(torch.randn(6))
+    prior.ict_to_alpha.copy_(torch.randn(4, 6))
+    lms = np.random.default_rng(0).uniform(50, 250, (3, 478, 2))
+    assert identity_centre(None, "regressed", lms) is None  # another head model: the map's own origin
+    assert identity_centre(prior, "none", lms) is None
+    torch.testing.assert_close(identity_centre(prior, "centre", lms), prior.centre)
+    torch.testing.assert_close(identity_centre(prior, "regressed", lms),
+                               prior.pooled(torch.as_tensor(lms, dtype=torch.float32)))
+    assert LandmarkStrategy().identity_prior == "regressed"
+    with pytest.raises(InputError, match="identity_prior"):
+        LandmarkStrategy(identity_prior="average")
+
+
+def test_the_regressed_centre_holds_the_identity_closer():
+    import torch
+
+    from tracker.landmark_tracker import LandmarkStrategy
+
+    s = LandmarkStrategy()
+    base = {st.name: st.w_id_prior for st in s.identity_stages}
+    gained = {st.name: st.w_id_prior for st in s.identity_fit_stages(torch.zeros(3))}
+    assert gained == {k: v * s.regressed_prior_gain for k, v in base.items()}
+    assert {st.name: st.w_id_prior for st in s.identity_fit_stages(None)} == base  # no learned prior
+    assert {st.name: st.w_id_prior for st in LandmarkStrategy(identity_prior="centre").identity_fit_stages(
+        torch.zeros(3))} == base

@@ -1,0 +1,54 @@
+"""train/identity_prior.py: identity weights re-derived from a data folder's seed, the ICT -> coordinates map."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model.arkit import arkit_from_ict
+from model.errors import InputError
+from train.arkit_regressor import sample_expression_mix
+from train.identity_prior import data_identities, ict_to_alpha
+from train.sampler import sample_identity
+
+
+def _folder(tmp_path, kit, samples: int, missed: set[int], seed: int = 3, squint_share: float = 0.5):
+    """A data folder as generate_arkit_data writes it, without renders: sample ``i`` in ``missed`` is
+    skipped (the detector found no face)."""
+    (tmp_path / "config.json").write_text(json.dumps({"samples": samples, "seed": seed, "squint_share": squint_share}))
+    ids, arkit = [], []
+    for i in range(samples):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 31, i]))
+        w_id = sample_identity(rng, 1, 1.0, kit.n_identity)[0]
+        w_ex = sample_expression_mix(rng, kit.expression_names, squint_share)
+        if i not in missed:
+            ids.append(w_id)
+            arkit.append(arkit_from_ict(w_ex, kit.expression_names))
+    np.savez(tmp_path / "chunk_0000.npz", landmarks=np.zeros((len(ids), 478, 2), np.float32), arkit=np.stack(arkit))
+    return np.stack(ids)
+
+
+def test_identities_are_re_derived_past_missed_renders(tmp_path, kit):
+    truth = _folder(tmp_path, kit, samples=12, missed={2, 7})
+    (got,) = data_identities(tmp_path, kit)
+    assert got.shape == (10, kit.n_identity)
+    np.testing.assert_array_equal(got, truth)
+
+
+def test_a_folder_from_another_seed_is_refused(tmp_path, kit):
+    _folder(tmp_path, kit, samples=6, missed=set())
+    (tmp_path / "config.json").write_text(json.dumps({"samples": 6, "seed": 4, "squint_share": 0.5}))
+    with pytest.raises(InputError, match="re-derived"):
+        data_identities(tmp_path, kit)
+
+
+def test_ict_to_alpha_recovers_a_linear_map():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 10))
+    M = rng.normal(size=(10, 4))
+    centre = rng.normal(size=4)
+    np.testing.assert_allclose(ict_to_alpha(w, centre + w @ M, centre, ridge=1e-9), M, atol=1e-6)
+    # the ridge shrinks towards the centre
+    assert np.linalg.norm(ict_to_alpha(w, centre + w @ M, centre, ridge=1e4)) < np.linalg.norm(M)
