@@ -420,26 +420,26 @@ def posed_tangents(rig: LandmarkRig, alpha: Tensor, state: FrameState, with_alph
 def forward_tangents(rig: LandmarkRig, alpha: Tensor, beta: Tensor, with_alpha: bool, with_beta: bool
                      ) -> tuple[Tensor, Tensor]:
     """:func:`posed_tangents` for forward posing: ``x [L, 3]`` and ``G [L, 3, T]`` (``alpha`` columns, then
-    ``beta``) of ``x = c(alpha) + forward(c(alpha), cond(alpha, beta))``, by forward-mode tangents through the
-    forward network (:meth:`model.forward_deformation.ForwardDeformation.forward_with_tangents`)."""
+    ``beta``) of ``x = c(alpha) + forward(c(alpha), cond(alpha, beta))``, from the forward network's exact
+    Jacobians in the point and the conditioning
+    (:meth:`model.forward_deformation.ForwardDeformation.jacobians`) and the chain rule."""
     layer, lmap, fwd = rig.layer, rig.landmark_map, rig.forward
     deformation = layer.deformation
     with torch.no_grad():
         z_id, z_ex = rig.z_id(alpha)[None], rig.z_ex(beta)[None]
         cond = deformation.condition(z_id, z_ex, layer.anchors(z_id))[0]
         can = lmap.from_coordinates(alpha)[:rig.n_fit]
+        if not (with_alpha or with_beta):
+            return can + fwd(can[None], cond[None])[0], torch.zeros(rig.n_fit, 3, 0)
+        off, d_x, d_cond = fwd.jacobians(can, cond)  # [L, 3], [L, 3, 3], [L, 3, C]
         dirs = condition_directions(rig, alpha, with_alpha, with_beta)
         cols = []
         if with_alpha:
-            dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit])  # [r, L, 3]
-            off, t = fwd.forward_with_tangents(can, cond, dc, dirs[0])
-            cols.append((dc + t).permute(1, 2, 0))
+            dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit]).permute(1, 2, 0)  # [L, 3, r]
+            cols.append(dc + d_x @ dc + d_cond @ dirs[0].T)
         if with_beta:
-            off, t = fwd.forward_with_tangents(can, cond, None, dirs[-1])
-            cols.append(t.permute(1, 2, 0))
-        if not cols:
-            off = fwd(can[None], cond[None])[0]
-    return can + off, (torch.cat(cols, -1) if cols else torch.zeros(rig.n_fit, 3, 0))
+            cols.append(d_cond @ dirs[-1].T)
+    return can + off, torch.cat(cols, -1)
 
 
 def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, robust: Tensor, lids: Tensor,
