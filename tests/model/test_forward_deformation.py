@@ -82,10 +82,19 @@ def random_tiny(dtype=torch.float64) -> ForwardDeformation:
     return m
 
 
+def concatenated_forward(m: ForwardDeformation, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Reference twin: the network on the concatenated input ``[encode(x), cond]``, one pass."""
+    h = torch.cat([m.encode(x), cond[:, None].expand(-1, x.shape[1], -1)], -1)
+    for layer in m.layers:
+        h = torch.relu(layer(h))
+    return m.out(h) * m.cfg.output_scale
+
+
 def test_point_features_then_offsets_at_is_forward_in_any_chunks():
     m = random_tiny(torch.float32)
     x, c = torch.randn(2, 11, 3), torch.randn(2, 5)
     ref = m(x, c)
+    assert torch.allclose(ref, concatenated_forward(m, x, c), atol=1e-6)
     for chunk in (1, 4, 11, 100):
         assert torch.allclose(m.offsets_at(m.point_features(x), c, chunk=chunk), ref, atol=1e-7)
     shared = m.point_features(x[0])  # [N, hidden] shared by a batch of codes
