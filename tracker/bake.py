@@ -29,7 +29,7 @@ from model.checkpoint import default_weights, load_checkpoint
 from model.errors import InputError
 from model.arkit import rig_for_head
 from model.arkit_regressor import default_arkit_regressor
-from model.forward_deformation import forward_for_head, forward_posed, posed_start, resolve_posing
+from model.forward_deformation import forward_for_head, head_condition, posed_start, resolve_posing
 from model.head import HeadLayer
 from model.topology import FixedTopology
 from tracker.trackfile import Track, hold_over_gaps, load_track
@@ -99,6 +99,10 @@ class Baker:
         with torch.no_grad():
             self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
                                                   resolution)
+        self._features: Tensor | None = None  # [V, hidden] the forward network's per-vertex part (forward posing)
+        if self.posing == "forward":
+            with torch.no_grad():
+                self._features = forward.point_features(self.topology.canonical_vertices.float())
         self._x_prev: Tensor | None = None  # [1, V, 3] last solution (warm start)
         self._inv_prev: Tensor | None = None  # [1, V, 3, 3] its inverse Jacobians (Broyden warm start)
         self.frames = 0  # frames baked
@@ -124,11 +128,11 @@ class Baker:
         if z_ex.dim() != 2 or len(z_ex) != 1:
             raise InputError(f"z_ex must be [1, D_ex], got {list(z_ex.shape)}")
         with torch.no_grad():
-            if self.posing == "forward":
-                x = forward_posed(self.forward, self.layer, self.topology.canonical_vertices[None].float(), self.z_id,
-                                  z_ex.detach().float())
+            if self.posing == "forward":  # forward_posed, with the vertices' part of the network computed once
+                cond = head_condition(self.layer, self.z_id, z_ex.detach().float())
+                x = self.topology.canonical_vertices.float() + self.forward.offsets_at(self._features, cond)[0]
                 self.frames += 1
-                return x[0].cpu().numpy().astype(np.float32)
+                return x.cpu().numpy().astype(np.float32)
             x_init = self._x_prev
             if self.forward is not None:
                 x_init = posed_start(self.forward, self.layer, self.topology.canonical_vertices[None].float(),

@@ -3,8 +3,9 @@
 The head model's landmarks (:mod:`model.landmarks`) are posed by inverting the backward deformation at
 their canonical positions (MonoNPHM's landmark loss, tied to canonical space), rotated and translated into
 the camera and projected; a Levenberg-Marquardt (damped Gauss-Newton) solver fits them to the detector's
-landmarks. About a thousand residuals and a few dozen parameters make each iteration one forward-mode
-Jacobian (:func:`torch.func.jacfwd`), a few milliseconds on a CPU; a frame needs 3-5 iterations.
+landmarks. About a thousand residuals and a few dozen parameters make each iteration one analytic Jacobian
+(the networks' exact Jacobians by the chain rule, :func:`posed_tangents`), a few milliseconds on a CPU; a frame
+needs 3-5 iterations.
 
 Parameters (all optimised as increments or whitened coordinates):
 
@@ -370,6 +371,27 @@ class _Layout:
         return out
 
 
+def relu_mlp_jacobian(mlp: torch.nn.Sequential, x: Tensor) -> Tensor:
+    """``[out, in]`` Jacobian at ``x [in]`` of a sequence of ``Linear`` and ``ReLU`` layers (reverse accumulation;
+    a ReLU's derivative at 0 is taken as 0, as autograd does)."""
+    masks, weights, h = [], [], x
+    for module in mlp:
+        if isinstance(module, torch.nn.Linear):
+            weights.append(module.weight)
+            masks.append(None)
+        elif isinstance(module, torch.nn.ReLU):
+            masks[-1] = (h > 0).to(h.dtype)
+        else:
+            raise InputError(f"relu_mlp_jacobian: only Linear and ReLU layers, got {type(module).__name__}")
+        h = module(h)
+    J = None
+    for W, m in zip(reversed(weights), reversed(masks)):
+        if m is not None:
+            J = J * m if J is not None else torch.diag(m)
+        J = W if J is None else J @ W
+    return J
+
+
 def condition_directions(rig: LandmarkRig, alpha: Tensor, with_alpha: bool, with_beta: bool) -> list[Tensor]:
     """Tangents of the deformation's conditioning vector ``[compressed id, z_ex]``: ``[r, C]`` along the
     identity coordinates ``alpha`` (through the compressor and the anchors) and ``[k, C]`` along the
@@ -378,12 +400,13 @@ def condition_directions(rig: LandmarkRig, alpha: Tensor, with_alpha: bool, with
     deformation = layer.deformation
     n_comp, d_ex = deformation.compressor.out_features, rig.ex_basis.shape[1]
     dirs = []
-    if with_alpha:
-        def compressed(a: Tensor) -> Tensor:
-            z = rig.z_id(a)[None]
-            return deformation.compressor(torch.cat([z, layer.anchors(z).flatten(-2)], -1))[0]
-
-        dcomp = torch.func.jacfwd(compressed)(alpha)  # [n_comp, r]
+    if with_alpha:  # compressed = W_z z + W_a anchors(z[:g]).flatten() + b, with z = code_of(alpha) affine
+        lmap, g = rig.landmark_map, layer.cfg.id_global_dim
+        dz = (lmap.scale[:, None] * lmap.basis).T  # [D_id, r]
+        z = rig.z_id(alpha)
+        d_anchors = relu_mlp_jacobian(layer.anchor_offsets, z[:g]) @ dz[:g]  # [3A, r]
+        W = deformation.compressor.weight
+        dcomp = W[:, :len(z)] @ dz + W[:, len(z):] @ d_anchors  # [n_comp, r]
         dirs.append(torch.cat([dcomp.T, torch.zeros(len(alpha), d_ex)], 1))
     if with_beta:
         dirs.append(torch.cat([torch.zeros(rig.expression_dims, n_comp), rig.ex_scale[:, None] * rig.ex_basis], 1))
@@ -420,34 +443,34 @@ def posed_tangents(rig: LandmarkRig, alpha: Tensor, state: FrameState, with_alph
 def forward_tangents(rig: LandmarkRig, alpha: Tensor, beta: Tensor, with_alpha: bool, with_beta: bool
                      ) -> tuple[Tensor, Tensor]:
     """:func:`posed_tangents` for forward posing: ``x [L, 3]`` and ``G [L, 3, T]`` (``alpha`` columns, then
-    ``beta``) of ``x = c(alpha) + forward(c(alpha), cond(alpha, beta))``, by forward-mode tangents through the
-    forward network (:meth:`model.forward_deformation.ForwardDeformation.forward_with_tangents`)."""
+    ``beta``) of ``x = c(alpha) + forward(c(alpha), cond(alpha, beta))``, from the forward network's exact
+    Jacobians in the point and the conditioning
+    (:meth:`model.forward_deformation.ForwardDeformation.jacobians`) and the chain rule."""
     layer, lmap, fwd = rig.layer, rig.landmark_map, rig.forward
     deformation = layer.deformation
     with torch.no_grad():
         z_id, z_ex = rig.z_id(alpha)[None], rig.z_ex(beta)[None]
         cond = deformation.condition(z_id, z_ex, layer.anchors(z_id))[0]
         can = lmap.from_coordinates(alpha)[:rig.n_fit]
+        if not (with_alpha or with_beta):
+            return can + fwd(can[None], cond[None])[0], torch.zeros(rig.n_fit, 3, 0)
+        off, d_x, d_cond = fwd.jacobians(can, cond)  # [L, 3], [L, 3, 3], [L, 3, C]
         dirs = condition_directions(rig, alpha, with_alpha, with_beta)
         cols = []
         if with_alpha:
-            dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit])  # [r, L, 3]
-            off, t = fwd.forward_with_tangents(can, cond, dc, dirs[0])
-            cols.append((dc + t).permute(1, 2, 0))
+            dc = (lmap.scale[:, None, None] * lmap.B[:, :rig.n_fit]).permute(1, 2, 0)  # [L, 3, r]
+            cols.append(dc + d_x @ dc + d_cond @ dirs[0].T)
         if with_beta:
-            off, t = fwd.forward_with_tangents(can, cond, None, dirs[-1])
-            cols.append(t.permute(1, 2, 0))
-        if not cols:
-            off = fwd(can[None], cond[None])[0]
-    return can + off, (torch.cat(cols, -1) if cols else torch.zeros(rig.n_fit, 3, 0))
+            cols.append(d_cond @ dirs[-1].T)
+    return can + off, torch.cat(cols, -1)
 
 
 def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, robust: Tensor, lids: Tensor,
                     shared: Shared, state: FrameState, prev: Optional[FrameState], layout: _Layout,
-                    p_shared: Tensor, p_own: Tensor) -> Tensor:
+                    p_shared: Tensor, p_own: Tensor, posed: Optional[list] = None) -> Tensor:
     """All residuals of one frame (data, its own priors and temporal terms) as a flat vector, the landmarks
     posed by one Newton step of the inversion from the state's solution. :func:`_frame_system` gives the
-    same residuals with their Jacobian."""
+    same residuals with their Jacobian. ``posed``: a list that receives the posed landmarks ``[L, 3]``."""
     sh, own = layout.split(p_shared, layout.shared), layout.split(p_own, layout.own)
     alpha = sh.get("alpha", shared.alpha)
     phi = sh["phi"][0] if "phi" in sh else shared.phi
@@ -460,6 +483,8 @@ def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, ro
     else:
         x = linearised_posed(rig.layer, state.x[None], state.inv_jac[None], canonical[None],
                              rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]
+    if posed is not None:
+        posed.append(x)
     R = axis_angle_to_matrix(delta) @ state.R
     uv = project(x @ R.T + t, _scaled_K(shared.K0, phi))  # [L, 2]
     s = obs.scale
@@ -572,6 +597,13 @@ def _shared_residual(stage: LandmarkStage, layout: _Layout, p_shared: Tensor) ->
     return torch.cat(res)
 
 
+def _shared_jacobian(stage: LandmarkStage, layout: _Layout) -> Tensor:
+    """``[n_shared, n_shared]`` the (diagonal) Jacobian of :func:`_shared_residual`."""
+    d = [torch.full((n,), math.sqrt(stage.w_id_prior if name == "alpha" else stage.w_focal_prior))
+         for name, n in layout.shared]
+    return torch.diag(torch.cat(d)) if d else torch.zeros(0, 0)
+
+
 def _huber_weights(rig: LandmarkRig, obs: Observation, shared: Shared, state: FrameState, huber: float) -> Tensor:
     if huber <= 0:
         return torch.ones(rig.n_fit)
@@ -648,7 +680,7 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
                 ps = p0[:layout.n_shared]
                 r = _shared_residual(stage, layout, ps)
                 J = torch.zeros(len(r), n)
-                J[:, :layout.n_shared] = torch.func.jacfwd(lambda q: _shared_residual(stage, layout, q))(ps)
+                J[:, :layout.n_shared] = _shared_jacobian(stage, layout)
                 blocks.append(J)
                 rows.append(r)
             J, r = torch.cat(blocks).double(), torch.cat(rows).double()
@@ -661,7 +693,9 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
             for _ in range(8):
                 step = torch.linalg.solve(A + lam * torch.diag(diag), -g).float()
                 new_shared, new_states = _apply(layout, shared, states, p0 + step)
-                new_cost = _cost(rig, stage, observations, robust, lids, new_shared, new_states, previous, layout)
+                posed: list[Tensor] = []
+                new_cost = _cost(rig, stage, observations, robust, lids, new_shared, new_states, previous, layout,
+                                 posed)
                 if new_cost < cost:
                     accepted = True
                     break
@@ -671,10 +705,14 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
                 break
             lam = max(lam / 10.0, 1e-7)
             shared, states = new_shared, new_states
-            z_id = rig.z_id(shared.alpha)
-            canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
-            for st in states:
-                st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=1)
+            if rig.forward_posing:  # the trial posed the landmarks at the accepted parameters already
+                for st, x in zip(states, posed):
+                    st.x, st.inv_jac = x, None
+            else:
+                z_id = rig.z_id(shared.alpha)
+                canonical = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
+                for st in states:
+                    st.x, st.inv_jac = newton_refine(rig, canonical, z_id, rig.z_ex(st.beta), st.x, steps=1)
             costs.append(new_cost)
             if cost - new_cost < stage.tolerance * cost:
                 break
@@ -683,14 +721,15 @@ def fit(rig: LandmarkRig, observations: Sequence[Observation], shared: Shared, s
     return shared, states, FitReport(cost=cost, iterations=iterations, history=history)
 
 
-def _cost(rig, stage, observations, robust, lids, shared, states, previous, layout) -> float:
+def _cost(rig, stage, observations, robust, lids, shared, states, previous, layout, posed=None) -> float:
+    """The total cost at the states' parameters; ``posed`` (a list) receives each frame's posed landmarks."""
     total = 0.0
     ps = _vector(layout, shared, states)[:layout.n_shared]
     for i, (o, st) in enumerate(zip(observations, states)):
         lo = layout.n_shared + i * layout.n_own
         # the states already hold the new parameters: evaluate with zero increments
         own = _vector(layout, shared, [st])[layout.n_shared:]
-        r = _frame_residual(rig, stage, o, robust[i], lids[i], shared, st, previous, layout, ps, own)
+        r = _frame_residual(rig, stage, o, robust[i], lids[i], shared, st, previous, layout, ps, own, posed)
         total += float(r.double().square().sum())
     if layout.n_shared:
         total += float(_shared_residual(stage, layout, ps).double().square().sum())

@@ -369,7 +369,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             from tracker.preview import PreviewWriter
 
             state["preview"] = PreviewWriter(preview, fps)
-        t = time.perf_counter()
+        t = clock.add("setup", start)  # the video opened, the models loaded, the tracker built
         latest: dict = {}
         frames = _counted(stream, bar, latest, cfg.max_frames)
         for crop in crop_frames(frames, cfg.crop.setup(), source=str(video)):
@@ -385,7 +385,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
                 window.append(item)
                 n_faces = sum(_has_face(p.crop, on_landmarks) for p in window)
                 if n_faces >= strategy.identity_frames or len(window) >= strategy.identity_wait:
-                    _start(tracker, window, state, models, cfg)
+                    _start(tracker, window, state, models, cfg, clock)
                     for p in window:
                         process(p)
                     window = []
@@ -394,13 +394,15 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.2f}")
             t = time.perf_counter()
         if tracker.z_id is None and window:
-            _start(tracker, window, state, models, cfg)
+            _start(tracker, window, state, models, cfg, clock)
             for p in window:
                 process(p)
         for ready in smoother.flush():
             emit(ready)
         if state["writer"] is not None:
+            t = time.perf_counter()
             state["export"] = state["writer"].close()
+            clock.add("export", t)
         if state["preview"] is not None:
             state["preview"].close()
     except BaseException:
@@ -411,9 +413,10 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         raise
     finally:
         bar.close()
+    t = time.perf_counter()
     track = _build_track(records, leading_gaps, tracker, models, fps, str(video), (info.width, info.height),
                          fitted if on_landmarks else None)
-    t = time.perf_counter()
+    t = clock.add("track file", t)
     solver = None
     if models.arkit_rig is not None and models.forward is not None:
         solver = track_curves(track, CurveSolver(models.layer, models.forward, tracker.z_id, models.arkit_rig,
@@ -422,10 +425,11 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     if arkit_out:
         state["export"] = write_arkit(out, track, solver.personal, state["baker"].faces, with_pose=cfg.with_pose,
                                       fps=fps)
-    clock.add("arkit", t)
+    t = clock.add("arkit", t)
     track_path = None
     if out is not None and cfg.write_track:
         track_path = save_track(track_path_for(out), track)
+    clock.add("track file", t)
     seconds = time.perf_counter() - start
     status = track.status
     return TrackResult(out=out, track_path=track_path, preview=preview, track=track, frames=len(status),
@@ -456,10 +460,13 @@ def camera_vertices(vertices: np.ndarray, pose: torch.Tensor) -> np.ndarray:
     return vertices.astype(np.float64) @ R.T + pose[3:].double().cpu().numpy()
 
 
-def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: Models, cfg: TrackConfig) -> None:
+def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: Models, cfg: TrackConfig,
+           clock: _Clock) -> None:
     tracker.estimate_identity(window)
+    t = time.perf_counter()
     state["baker"] = Baker(models.layer, tracker.z_id, models.neutral_expression(), *models.bbox,
                            resolution=cfg.export_resolution, forward=models.forward)
+    clock.add("mesh", t)  # marching cubes of the identity's neutral head, once
 
 
 def _build_track(records: list[FrameSolution], leading: list[CropResult], tracker,

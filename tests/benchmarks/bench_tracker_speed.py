@@ -3,11 +3,14 @@
 Builds a long 512x512 clip from the shipped synthetic example (its 75 frames played forwards and backwards,
 so the face moves continuously), tracks it with the default settings into a USD file, and samples the
 process's resident memory every 0.2 s. Memory must not grow with the clip's length: the figure printed is
-the peak RSS and the RSS growth between 20 % and 100 % of the run.
+the peak RSS and the RSS growth between 20 % and 100 % of the run. Stages (``TrackResult.stage_seconds``) are
+printed per frame and in total: the once-only ones (setup, identity, mesh, track file) are in both, and
+``seconds_outside_stages`` is the rest of the run.
 
 Prints one JSON line::
 
     python tests/benchmarks/bench_tracker_speed.py --frames 300 --threads 2
+    python tests/benchmarks/bench_tracker_speed.py --frames 300 --threads 1   # the one-thread figure
     python tests/benchmarks/bench_tracker_speed.py --frames 3000 --threads 2   # about 25 min on 2 cores
 """
 
@@ -97,6 +100,8 @@ def main() -> None:
             "vertices": res.export.n_vertices,
             "fps_end_to_end": round(res.fps, 3), "seconds": round(res.seconds, 1),
             "seconds_per_frame_by_stage": {k: round(v / res.frames, 4) for k, v in res.stage_seconds.items()},
+            "seconds_by_stage": {k: round(v, 2) for k, v in res.stage_seconds.items()},
+            "seconds_outside_stages": round(res.seconds - sum(res.stage_seconds.values()), 2),
             "tracked": res.tracked, "held": res.held, "gaps": res.gaps,
             "rss_mb_peak": round(float(m.max()), 1), "rss_mb_at_20pct": round(at(0.2), 1),
             "rss_mb_at_end": round(float(m[-1]), 1),

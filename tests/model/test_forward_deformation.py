@@ -73,3 +73,66 @@ def test_resolve_posing():
     for bad, fwd in (("forward", None), ("sideways", m)):
         with pytest.raises(InputError, match="posing"):
             resolve_posing(bad, fwd)
+
+
+def random_tiny(dtype=torch.float64) -> ForwardDeformation:
+    """The tiny network with a non-zero output layer (a fresh one is the identity map)."""
+    m = tiny().to(dtype)
+    torch.nn.init.normal_(m.out.weight, std=0.3)
+    return m
+
+
+def concatenated_forward(m: ForwardDeformation, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Reference twin: the network on the concatenated input ``[encode(x), cond]``, one pass."""
+    h = torch.cat([m.encode(x), cond[:, None].expand(-1, x.shape[1], -1)], -1)
+    for layer in m.layers:
+        h = torch.relu(layer(h))
+    return m.out(h) * m.cfg.output_scale
+
+
+def test_point_features_then_offsets_at_is_forward_in_any_chunks():
+    m = random_tiny(torch.float32)
+    x, c = torch.randn(2, 11, 3), torch.randn(2, 5)
+    ref = m(x, c)
+    assert torch.allclose(ref, concatenated_forward(m, x, c), atol=1e-6)
+    for chunk in (1, 4, 11, 100):
+        assert torch.allclose(m.offsets_at(m.point_features(x), c, chunk=chunk), ref, atol=1e-7)
+    shared = m.point_features(x[0])  # [N, hidden] shared by a batch of codes
+    assert torch.allclose(m.offsets_at(shared, c), m(x[:1].expand(2, -1, -1), c), atol=1e-7)
+    with pytest.raises(InputError, match="cond"):
+        m.offsets_at(shared, torch.randn(5))
+
+
+def test_jacobians_match_autodiff_float64():
+    """The reverse-accumulated Jacobians equal torch.func.jacfwd of the forward pass, per point."""
+    m = random_tiny()
+    g = torch.Generator().manual_seed(3)
+    x, c = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    off, d_x, d_cond = m.jacobians(x, c)
+    assert off.shape == (6, 3) and d_x.shape == (6, 3, 3) and d_cond.shape == (6, 3, 5)
+    assert torch.allclose(off, m(x[None], c[None])[0])
+    for n in range(len(x)):
+        ref_x = torch.func.jacfwd(lambda p: m(p[None, None], c[None])[0, 0])(x[n])
+        ref_c = torch.func.jacfwd(lambda q: m(x[None, n:n + 1], q[None])[0, 0])(c)
+        assert torch.allclose(d_x[n], ref_x, atol=1e-12) and torch.allclose(d_cond[n], ref_c, atol=1e-12)
+    with pytest.raises(InputError, match="jacobians"):
+        m.jacobians(x[None], c)
+
+
+def test_forward_with_tangents_match_directional_derivatives():
+    """Tangents along point and conditioning directions, each alone and together, against torch.func.jvp."""
+    m = random_tiny()
+    g = torch.Generator().manual_seed(4)
+    x, c = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    x_dirs = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    c_dirs = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    f = lambda p, q: m(p[None], q[None])[0]  # noqa: E731
+    for xd, cd in ((x_dirs, c_dirs), (x_dirs, None), (None, c_dirs)):
+        off, t = m.forward_with_tangents(x, c, xd, cd)
+        assert t.shape == (4, 5, 3)
+        for k in range(4):
+            _, ref = torch.func.jvp(f, (x, c), (xd[k] if xd is not None else torch.zeros_like(x),
+                                                cd[k] if cd is not None else torch.zeros_like(c)))
+            assert torch.allclose(t[k], ref, atol=1e-12)
+    with pytest.raises(InputError, match="x_dirs or cond_dirs"):
+        m.forward_with_tangents(x, c, None, None)

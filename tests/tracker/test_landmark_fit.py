@@ -182,3 +182,52 @@ def test_inverse_posing_with_a_forward_model_starts_from_its_prediction():
     with torch.no_grad():
         residual = (x_fresh + layer.deform(x_fresh[None], z_id[None], z_ex[None]).offsets[0] - can).norm(dim=-1)
     assert float(residual.median()) < 1e-4  # on a root (0.025 mm)
+
+
+def test_relu_mlp_jacobian_matches_autodiff():
+    from tracker.landmark_fit import relu_mlp_jacobian
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 5), torch.nn.ReLU(),
+                              torch.nn.Linear(5, 3)).double()
+    x = torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(relu_mlp_jacobian(mlp, x), torch.func.jacfwd(mlp)(x), atol=1e-12, rtol=0)
+    ends_in_relu = torch.nn.Sequential(*mlp, torch.nn.ReLU())
+    torch.testing.assert_close(relu_mlp_jacobian(ends_in_relu, x), torch.func.jacfwd(ends_in_relu)(x),
+                               atol=1e-12, rtol=0)
+    with pytest.raises(InputError, match="Linear and ReLU"):
+        relu_mlp_jacobian(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()).double(), x)
+
+
+def test_shared_jacobian_matches_autodiff():
+    from tracker.landmark_fit import _shared_jacobian, _shared_residual
+
+    for params in (("pose", "z_id", "focal"), ("pose", "focal"), ("pose", "z_id"), ("pose",)):
+        stage = LandmarkStage("s", 1, params, w_id_prior=0.05)
+        layout = _Layout(stage, 7, 4)
+        ps = torch.randn(layout.n_shared)
+        ref = torch.func.jacfwd(lambda q: _shared_residual(stage, layout, q))(ps) if layout.n_shared else None
+        J = _shared_jacobian(stage, layout)
+        assert J.shape == (layout.n_shared, layout.n_shared)
+        if ref is not None:
+            torch.testing.assert_close(J, ref)
+
+
+def test_forward_posing_fit_keeps_the_landmarks_posed_at_its_result():
+    """The accepted trial's posed landmarks are reused as the state's: they equal a fresh forward pass at the
+    returned parameters."""
+    from model.forward_deformation import forward_for_head, forward_posed
+
+    layer, codes, _ = load_checkpoint(default_weights("head_default"))
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    rig = build_rig(layer, codes, load_landmark_assets(default_weights("landmarks_default", ".npz")),
+                    LandmarkStrategy(), forward_for_head(None))
+    g = torch.Generator().manual_seed(2)
+    beta = rig.ex_start + torch.randn(rig.expression_dims, generator=g) * 0.5
+    shared, state, obs = truth(rig, torch.zeros(rig.landmark_map.rank), beta, *head_pose(0.2, -0.1, 0.05))
+    _, (fitted,), report = fit(rig, [obs], shared, [start_state(rig, shared, obs)], start_stages())
+    assert report.iterations > 1
+    can = rig.landmark_map.from_coordinates(shared.alpha)[:rig.n_fit]
+    ref = forward_posed(rig.forward, layer, can[None], rig.z_id(shared.alpha)[None], rig.z_ex(fitted.beta)[None])[0]
+    assert torch.equal(fitted.x, ref)
