@@ -60,6 +60,12 @@ def head_bbox(meta: dict[str, Any]) -> tuple[list[float], list[float]]:
     return list(meta.get("bbox_min", DEFAULT_BBOX[0])), list(meta.get("bbox_max", DEFAULT_BBOX[1]))
 
 
+MESH_BAND = 0.5
+"""Narrow-band margin of the marching cubes (:func:`model.mesh.extract_mesh`, in cell diagonals): 0.5 is exact
+for a 1-Lipschitz SDF. On the shipped head at 128^3 it gave the same vertices as 1.0 for the code of ICT's mean
+head and three training identities, with a third fewer SDF evaluations (3.6 -> 2.5 s on two threads)."""
+
+
 class Baker:
     """One identity's fixed-topology mesh, posed per frame by an expression code.
 
@@ -98,7 +104,7 @@ class Baker:
         self.tol = float(tol)
         with torch.no_grad():
             self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
-                                                  resolution)
+                                                  resolution, band=MESH_BAND)
         self._features: Tensor | None = None  # [V, hidden] the forward network's per-vertex part (forward posing)
         if self.posing == "forward":
             with torch.no_grad():

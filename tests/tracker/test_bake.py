@@ -140,3 +140,23 @@ def test_forward_posing_bakes_the_forward_pass(head):
     assert np.abs(v - fwd.vertices(z_neutral)).max() > 1e-3  # the expression moves the mesh
     with pytest.raises(InputError, match="posing"):
         Baker(layer, z_id, z_neutral, *head_bbox(meta), resolution=RES, posing="forward")
+
+
+@pytest.mark.slow
+def test_the_narrow_band_of_the_bake_gives_the_full_band_mesh():
+    """MESH_BAND (0.5) against the marching cubes' conservative default (1.0) on the shipped head."""
+    from model.mesh import extract_mesh
+    from tracker.bake import MESH_BAND
+    from tracker.predict import Models
+
+    m = Models.load()
+    z, ne = m.codes["z_id"][5:6], m.neutral_expression()
+
+    def sdf(p):
+        return m.layer(p[None], z, ne).sdf[0]
+
+    tight = extract_mesh(sdf, *m.bbox, 96, band=MESH_BAND, largest_component=True)
+    full = extract_mesh(sdf, *m.bbox, 96, band=1.0, largest_component=True)
+    assert tight.info.evaluated_points < full.info.evaluated_points
+    np.testing.assert_array_equal(tight.faces, full.faces)
+    np.testing.assert_array_equal(tight.vertices, full.vertices)
