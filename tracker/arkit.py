@@ -34,6 +34,9 @@ RIDGE = 0.01
 """Relative ridge of the solve (:func:`model.arkit.solve_curves`): a shape alone reads 0.99 of its weight."""
 BATCH_POINTS = 32768
 """Point-code pairs per forward pass of :func:`_posed` (about 100 MB of activations)."""
+FRAME_CHUNK = 256
+"""Frames per pass of the curve solve and its residual: their [frames, points, 3] arrays (about 12 MB per 256
+frames) would otherwise grow with the clip (3,000 frames took the tracker's peak from 0.76 to 2.55 GB)."""
 
 
 def _posed(layer: Any, forward: Any, canonical: Tensor, z_id: Tensor, z_ex: Tensor) -> Tensor:
@@ -133,15 +136,25 @@ class CurveSolver:
         return (posed.numpy() - self.neutral[None]) * MM_PER_UNIT
 
     def residual(self, z_ex: Tensor, weights: np.ndarray) -> np.ndarray:
-        """``[T]`` RMS distance (mm per point) of the rig at ``weights [T, 52]`` from the head at ``z_ex``."""
-        rig = np.tensordot(np.asarray(weights, np.float64), self.basis_mm, 1)  # [T, P, 3]
-        return np.sqrt(np.square(rig - self.displacement_mm(z_ex)).sum(-1).mean(-1)).astype(np.float32)
+        """``[T]`` RMS distance (mm per point) of the rig at ``weights [T, 52]`` from the head at ``z_ex``
+        (in chunks of :data:`FRAME_CHUNK` frames: memory does not grow with the clip)."""
+        weights = np.asarray(weights, np.float64)
+        out = []
+        for s in range(0, len(z_ex), FRAME_CHUNK):
+            rig = np.tensordot(weights[s:s + FRAME_CHUNK], self.basis_mm, 1)  # [t, P, 3]
+            out.append(np.sqrt(np.square(rig - self.displacement_mm(z_ex[s:s + FRAME_CHUNK])).sum(-1).mean(-1)))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
     def solve(self, z_ex: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """``(weights [T, 52], residual_mm [T])`` of expression codes ``z_ex [T, D_ex]``."""
+        """``(weights [T, 52], residual_mm [T])`` of expression codes ``z_ex [T, D_ex]`` (in chunks of
+        :data:`FRAME_CHUNK` frames)."""
         if z_ex.dim() != 2:
             raise InputError(f"z_ex must be [T, D_ex], got {list(z_ex.shape)}")
-        return solve_curves(self.basis_mm, self.displacement_mm(z_ex), self.ridge)
+        parts = [solve_curves(self.basis_mm, self.displacement_mm(z_ex[s:s + FRAME_CHUNK]), self.ridge)
+                 for s in range(0, len(z_ex), FRAME_CHUNK)]
+        if not parts:
+            return np.zeros((0, len(ARKIT_NAMES)), np.float32), np.zeros(0, np.float32)
+        return np.concatenate([w for w, _ in parts]), np.concatenate([r for _, r in parts])
 
 
 def track_curves(track: Any, solver: CurveSolver, regressor: Any = None) -> CurveSolver:

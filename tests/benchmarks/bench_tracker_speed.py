@@ -104,6 +104,7 @@ def main() -> None:
             "seconds_outside_stages": round(res.seconds - sum(res.stage_seconds.values()), 2),
             "tracked": res.tracked, "held": res.held, "gaps": res.gaps,
             "rss_mb_peak": round(float(m.max()), 1), "rss_mb_at_20pct": round(at(0.2), 1),
+            "rss_mb_at_50pct": round(at(0.5), 1), "rss_mb_at_80pct": round(at(0.8), 1),
             "rss_mb_at_end": round(float(m[-1]), 1),
             "output_mb": round(res.export.bytes_written / 1e6, 2)}))
 

@@ -108,8 +108,21 @@ def test_rig_reproduces_the_decoded_head(models, take):
                   [0.55, 0.75, 0.4], resolution=48, forward=models.forward)
     canonical = baker.topology.canonical_vertices
     solver = CurveSolver(layer, models.forward, z_id, models.arkit_rig, canonical)
-    _, res = solver.solve(torch.from_numpy(track.z_ex))
+    w_all, res = solver.solve(torch.from_numpy(track.z_ex))
     assert np.median(res) < 1.0
+    # in chunks of frames (memory flat in the clip length) the solve and the residual are the same
+    import tracker.arkit as arkit_module
+
+    chunk = arkit_module.FRAME_CHUNK
+    try:
+        arkit_module.FRAME_CHUNK = 3
+        w_chunked, res_chunked = solver.solve(torch.from_numpy(track.z_ex))
+        again = solver.residual(torch.from_numpy(track.z_ex), w_all)
+    finally:
+        arkit_module.FRAME_CHUNK = chunk
+    np.testing.assert_allclose(w_chunked, w_all, atol=1e-6)
+    np.testing.assert_allclose(res_chunked, res, atol=1e-5)
+    np.testing.assert_allclose(again, res, atol=1e-5)
     # at a rig code the solve finds that shape (the relative ridge 0.01 keeps 0.99 of a shape on its own)
     shapes = [ARKIT_NAMES.index(n) for n in ("jawOpen", "eyeBlink_L", "mouthSmile_R")]
     w, res = solver.solve(models.arkit_rig.codes[shapes])
