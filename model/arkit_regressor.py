@@ -21,8 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from model.arkit import ARKIT_NAMES, NOT_MODELLED
-from model.errors import InputError
-from model.landmark_regressor import normalise_landmarks
+from model.landmark_regressor import landmark_features, landmark_mlp
 
 FORMAT = "nphm-track.arkit-regressor"
 FORMAT_VERSION = 1
@@ -48,19 +47,13 @@ class ArkitRegressor(nn.Module):
     def __init__(self, cfg: ArkitRegressorConfig = ArkitRegressorConfig()):
         super().__init__()
         self.cfg = cfg
-        dims = [2 * cfg.n_landmarks] + [cfg.hidden] * cfg.layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(a, b), nn.LayerNorm(b), nn.GELU()]
-        self.body = nn.Sequential(*blocks)
+        self.body = landmark_mlp(cfg.n_landmarks, cfg.hidden, cfg.layers)
         self.out = nn.Linear(cfg.hidden, len(ARKIT_NAMES))
         self.register_buffer("modelled", torch.tensor([n not in NOT_MODELLED for n in ARKIT_NAMES]),
                              persistent=False)
 
     def forward(self, landmarks: Tensor) -> Tensor:
-        if landmarks.dim() < 2 or landmarks.shape[-2:] != (self.cfg.n_landmarks, 2):
-            raise InputError(f"landmarks must be [..., {self.cfg.n_landmarks}, 2], got {tuple(landmarks.shape)}")
-        x = normalise_landmarks(landmarks.float()).flatten(-2)
+        x = landmark_features(landmarks, self.cfg.n_landmarks)
         return torch.sigmoid(self.out(self.body(x))) * self.modelled
 
 
@@ -72,16 +65,10 @@ def save_arkit_regressor(path: str | Path, module: ArkitRegressor, meta: Optiona
 
 def load_arkit_regressor(path: str | Path) -> tuple[ArkitRegressor, dict]:
     """The module (eval mode, float32) and the checkpoint's meta; :class:`InputError` for another file."""
-    from model.checkpoint import load_module_payload, load_state_strict
+    from model.checkpoint import load_module_checkpoint
 
-    payload = load_module_payload(path, FORMAT, FORMAT_VERSION)
-    try:
-        cfg = ArkitRegressorConfig(**payload["config"])
-    except TypeError as exc:
-        raise InputError(f"{path}: bad ARKit regressor config ({exc})") from None
-    module = ArkitRegressor(cfg)
-    load_state_strict(module, {k: v.float() for k, v in payload["state_dict"].items()}, str(path))
-    return module.eval(), dict(payload.get("meta") or {})
+    return load_module_checkpoint(path, FORMAT, FORMAT_VERSION, ArkitRegressorConfig, ArkitRegressor,
+                                  "ARKit regressor")
 
 
 def default_arkit_regressor() -> Optional[ArkitRegressor]:

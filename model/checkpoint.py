@@ -311,6 +311,20 @@ def load_module_payload(path: PathLike, fmt: str, format_version: int) -> dict[s
     return payload
 
 
+def load_module_checkpoint(path: PathLike, fmt: str, format_version: int, config_cls: Any, module_cls: Any,
+                           what: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(module_cls(config_cls(**config)) in eval mode with float32 weights, meta)`` of a checkpoint written by
+    :func:`save_module_checkpoint`; :class:`InputError` naming ``path`` and ``what`` for another file."""
+    payload = load_module_payload(path, fmt, format_version)
+    try:
+        cfg = config_cls(**payload["config"])
+    except TypeError as exc:
+        raise InputError(f"{path}: bad {what} config ({exc})") from None
+    module = module_cls(cfg)
+    load_state_strict(module, {k: v.float() for k, v in payload["state_dict"].items()}, str(path))
+    return module.eval(), dict(payload.get("meta") or {})
+
+
 def load_state_strict(module: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Load ``state`` into ``module``, listing missing / unknown keys and wrong shapes in an :class:`InputError`."""
     check_state_dict(module.state_dict(), state, f"{source}: state dict", f"the {type(module).__name__}")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from model.errors import InputError
-from model.landmark_regressor import normalise_landmarks
+from model.landmark_regressor import landmark_features, landmark_mlp
 
 FORMAT = "nphm-track.identity-prior"
 FORMAT_VERSION = 1
@@ -62,20 +62,14 @@ class IdentityPrior(nn.Module):
     def __init__(self, cfg: IdentityPriorConfig = IdentityPriorConfig()):
         super().__init__()
         self.cfg = cfg
-        dims = [2 * cfg.n_landmarks] + [cfg.hidden] * cfg.layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(a, b), nn.LayerNorm(b), nn.GELU()]
-        self.body = nn.Sequential(*blocks)
+        self.body = landmark_mlp(cfg.n_landmarks, cfg.hidden, cfg.layers)
         self.out = nn.Linear(cfg.hidden, cfg.n_ict)
         self.register_buffer("centre", torch.zeros(cfg.rank))
         self.register_buffer("ict_to_alpha", torch.zeros(cfg.n_ict, cfg.rank))
         self.register_buffer("map_check", torch.zeros(2))
 
     def forward(self, landmarks: Tensor) -> Tensor:
-        if landmarks.dim() < 2 or landmarks.shape[-2:] != (self.cfg.n_landmarks, 2):
-            raise InputError(f"landmarks must be [..., {self.cfg.n_landmarks}, 2], got {tuple(landmarks.shape)}")
-        return self.out(self.body(normalise_landmarks(landmarks.float()).flatten(-2)))
+        return self.out(self.body(landmark_features(landmarks, self.cfg.n_landmarks)))
 
     def alpha_of(self, w: Tensor) -> Tensor:
         """Landmark-map coordinates ``[..., r]`` of ICT identity weights ``[..., n_ict]``."""
@@ -93,10 +87,8 @@ class IdentityPrior(nn.Module):
 
     def fits(self, landmark_map: Any, tol: float = 1e-3) -> bool:
         """Whether ``landmark_map`` (:class:`model.landmarks.LandmarkMap`) is the map this prior was made for."""
-        if landmark_map.rank != self.cfg.rank:
-            return False
-        check = torch.stack([landmark_map.y0.double().sum(), landmark_map.z0.double().sum()]).float()
-        return bool(torch.allclose(check, self.map_check, rtol=tol, atol=tol))
+        return landmark_map.rank == self.cfg.rank and bool(
+            torch.allclose(map_check_of(landmark_map), self.map_check, rtol=tol, atol=tol))
 
 
 def map_check_of(landmark_map: Any) -> Tensor:
@@ -112,16 +104,10 @@ def save_identity_prior(path: str | Path, module: IdentityPrior, meta: Optional[
 
 def load_identity_prior(path: str | Path) -> tuple[IdentityPrior, dict]:
     """The module (eval mode, float32) and the checkpoint's meta; :class:`InputError` for another file."""
-    from model.checkpoint import load_module_payload, load_state_strict
+    from model.checkpoint import load_module_checkpoint
 
-    payload = load_module_payload(path, FORMAT, FORMAT_VERSION)
-    try:
-        cfg = IdentityPriorConfig(**payload["config"])
-    except TypeError as exc:
-        raise InputError(f"{path}: bad identity prior config ({exc})") from None
-    module = IdentityPrior(cfg)
-    load_state_strict(module, {k: v.float() for k, v in payload["state_dict"].items()}, str(path))
-    return module.eval(), dict(payload.get("meta") or {})
+    return load_module_checkpoint(path, FORMAT, FORMAT_VERSION, IdentityPriorConfig, IdentityPrior,
+                                  "identity prior")
 
 
 def default_identity_prior() -> Optional[IdentityPrior]:

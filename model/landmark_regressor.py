@@ -114,6 +114,26 @@ class LandmarkRegressorOutput:
     beta: Tensor  # [B, k] expression coordinates (LandmarkRig.z_ex)
 
 
+# --- an MLP on one face's normalised landmarks -----------------------------------------------------------
+
+def landmark_mlp(n_landmarks: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` blocks of Linear + LayerNorm + GELU from ``2 * n_landmarks`` inputs to ``hidden`` units: the
+    body of the per-frame landmark readers (:mod:`model.arkit_regressor`, :mod:`model.identity_prior`)."""
+    dims = [2 * n_landmarks] + [hidden] * layers
+    blocks: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        blocks += [nn.Linear(a, b), nn.LayerNorm(b), nn.GELU()]
+    return nn.Sequential(*blocks)
+
+
+def landmark_features(landmarks: Tensor, n_landmarks: int) -> Tensor:
+    """``[..., 2 L]`` the similarity-normalised, flattened landmarks ``[..., L, 2]`` (pixels) of one face per
+    row; :class:`InputError` for another shape."""
+    if landmarks.dim() < 2 or landmarks.shape[-2:] != (n_landmarks, 2):
+        raise InputError(f"landmarks must be [..., {n_landmarks}, 2], got {tuple(landmarks.shape)}")
+    return normalise_landmarks(landmarks.float()).flatten(-2)
+
+
 # --- normalisation and grouping ------------------------------------------------------------------------
 
 def normalise_landmarks(points: Tensor, right: int = RIGHT_EYE_OUTER, left: int = LEFT_EYE_OUTER) -> Tensor:

@@ -183,36 +183,19 @@ def curve_report(pred: np.ndarray, truth: np.ndarray, moves: float = 0.2) -> dic
 
 def train_arkit_regressor(cfg: ArkitTrainConfig, log=print) -> dict:
     from model.arkit_regressor import ArkitRegressor, ArkitRegressorConfig, save_arkit_regressor
+    from train.landmark_mlp import fit_landmark_mlp, split_heldout
 
     torch.manual_seed(cfg.seed)
     lm, w = load_arkit_data(cfg.data_dir)
     n = len(lm)
-    if n <= cfg.heldout + cfg.batch_size:
-        raise ValueError(f"{cfg.data_dir}: {n} samples is too few for {cfg.heldout} held out")
-    tr_lm, tr_w, ho_lm, ho_w = lm[:-cfg.heldout], w[:-cfg.heldout], lm[-cfg.heldout:], w[-cfg.heldout:]
+    tr_lm, tr_w, ho_lm, ho_w = split_heldout(lm, w, cfg.heldout, cfg.batch_size, cfg.data_dir)
     if cfg.extra_data:
         x_lm, x_w = load_arkit_data(*cfg.extra_data)
         tr_lm, tr_w, n = torch.cat([tr_lm, x_lm]), torch.cat([tr_w, x_w]), n + len(x_lm)
     model = ArkitRegressor(ArkitRegressorConfig(hidden=cfg.hidden, layers=cfg.layers))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=0.02 * cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, len(tr_lm), (cfg.batch_size,), generator=g)
-        x = tr_lm[idx] + cfg.jitter_px * torch.randn(tr_lm[idx].shape, generator=g)
-        loss = (model(x) - tr_w[idx]).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 1000 == 0 or step == cfg.steps:
-            model.eval()
-            with torch.no_grad():
-                rep = curve_report(model(ho_lm).numpy(), ho_w.numpy())
-            model.train()
-            log(f"step {step}: train MSE {float(loss):.4f}; held out {rep}")
-    model.eval()
+    fit_landmark_mlp(model, tr_lm, tr_w, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.jitter_px,
+                     cfg.seed, 1000, lambda: curve_report(model(ho_lm).numpy(), ho_w.numpy()), log)
     with torch.no_grad():
         report = {"samples": n, "heldout": cfg.heldout, "heldout_report": curve_report(model(ho_lm).numpy(), ho_w.numpy()),
                   "still_face_heldout_mae": curve_report(np.zeros_like(ho_w.numpy()), ho_w.numpy())["mean_mae"],

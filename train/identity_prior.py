@@ -143,6 +143,7 @@ def train_identity_prior(cfg: IdentityPriorTrainConfig, log=print) -> dict:
     from train.geometry import sample_surface, surface_topology
     from train.ict import default_ict_path, load_ict
     from train.landmark_assets import head_identities
+    from train.landmark_mlp import fit_landmark_mlp, split_heldout
     from train.single_view_eval import ground_truth_surface
     from tracker.predict import Models
 
@@ -166,9 +167,7 @@ def train_identity_prior(cfg: IdentityPriorTrainConfig, log=print) -> dict:
     M = ict_to_alpha(w_train, alpha_train, centre.numpy(), cfg.ridge)
     # 3. the regressor
     lm, w = load_identity_data(cfg.data_dir, kit=kit)
-    if len(lm) <= cfg.heldout + cfg.batch_size:
-        raise InputError(f"{cfg.data_dir}: {len(lm)} samples is too few for {cfg.heldout} held out")
-    tr_lm, tr_w, ho_lm, ho_w = lm[:-cfg.heldout], w[:-cfg.heldout], lm[-cfg.heldout:], w[-cfg.heldout:]
+    tr_lm, tr_w, ho_lm, ho_w = split_heldout(lm, w, cfg.heldout, cfg.batch_size, cfg.data_dir)
     if cfg.extra_data:
         x_lm, x_w = load_identity_data(*cfg.extra_data, kit=kit)
         tr_lm, tr_w = torch.cat([tr_lm, x_lm]), torch.cat([tr_w, x_w])
@@ -179,21 +178,9 @@ def train_identity_prior(cfg: IdentityPriorTrainConfig, log=print) -> dict:
     model.map_check.copy_(map_check_of(lmap))
     _, modes = ict_face_basis(kit)
     modes_t = torch.as_tensor(modes.reshape(len(modes), -1), dtype=torch.float32)
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=0.02 * cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
     t1 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, len(tr_lm), (cfg.batch_size,), generator=g)
-        x = tr_lm[idx] + cfg.jitter_px * torch.randn(tr_lm[idx].shape, generator=g)
-        loss = (model(x) - tr_w[idx]).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 2000 == 0 or step == cfg.steps:
-            log(f"step {step}: train MSE {loss.item():.4f}; held out {heldout_report(model, ho_lm, ho_w, modes_t)}")
-    model.eval()
+    fit_landmark_mlp(model, tr_lm, tr_w, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.jitter_px,
+                     cfg.seed, 2000, lambda: heldout_report(model, ho_lm, ho_w, modes_t), log)
     report = {"samples": len(tr_lm) + len(ho_lm), "heldout": cfg.heldout,
               "heldout_report": heldout_report(model, ho_lm, ho_w, modes_t),
               "centre_norm": round(float(centre.norm()), 3), "ict_to_alpha_identities": len(w_train),
@@ -206,11 +193,8 @@ def train_identity_prior(cfg: IdentityPriorTrainConfig, log=print) -> dict:
 @torch.no_grad()
 def heldout_report(model: Any, landmarks: torch.Tensor, w_id: torch.Tensor, modes: torch.Tensor) -> dict:
     """Per-frame figures on held-out samples: the mean vertex error (mm) of the predicted ICT face against
-    the true one and the mean head's, and the R^2 of the first 10 identity modes."""
-    was = model.training
-    model.eval()
+    the true one and the mean head's, and the R^2 of the first 10 identity modes (``model`` in eval mode)."""
     pred = model(landmarks)
-    model.train(was)
 
     def err(dw):
         return float((dw @ modes).reshape(len(dw), -1, 3).norm(dim=-1).mean())
