@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--no-preview", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--identity-prior", default=None, choices=("regressed", "centre", "none"),
+                    help="the landmark tracker's identity prior (LandmarkStrategy.identity_prior) [default: its own]")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,6 +49,7 @@ def main() -> None:
         for path in args.tracks:
             rows.append({"track": str(path), **track_expression_features(load_track(path))})
     else:
+        from tracker.landmark_tracker import LandmarkStrategy
         from tracker.pipeline import TrackConfig, track_video
         from tracker.predict import Models
 
@@ -55,11 +58,12 @@ def main() -> None:
             raise SystemExit(f"error: {args.clips}: no .mp4 clips")
         args.out.mkdir(parents=True, exist_ok=True)
         models = Models.load()
+        strategy = LandmarkStrategy(identity_prior=args.identity_prior) if args.identity_prior else None
         for clip in clips:
             start = time.perf_counter()
             preview = None if args.no_preview else args.out / f"{clip.stem}_preview.mp4"
             res = track_video(clip, args.out / f"{clip.stem}.usd", TrackConfig(max_frames=args.max_frames),
-                              models=models, preview=preview, progress=False)
+                              models=models, strategy=strategy, preview=preview, progress=False)
             rows.append({"clip": clip.name, "frames": res.frames, "fps": round(res.fps, 2),
                          "seconds": round(time.perf_counter() - start, 1),
                          **track_expression_features(res.track), "preview": None if preview is None else str(preview)})
