@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -66,9 +67,9 @@ def _check_points(x: Tensor, dim: int, name: str) -> None:
 
 def _flatten(points: list[Tensor], codes: list[Tensor]) -> tuple[tuple[int, ...], list[Tensor], list[Tensor]]:
     """Broadcast leading dims of points ``[..., N, C]`` and codes ``[..., D]``; flatten them to one dim B."""
-    try:
-        batch = torch.broadcast_shapes(*[p.shape[:-2] for p in points], *[c.shape[:-1] for c in codes])
-    except RuntimeError as e:
+    try:  # numpy's: torch.broadcast_shapes imports sympy on its first call (0.35 s)
+        batch = np.broadcast_shapes(*[tuple(p.shape[:-2]) for p in points], *[tuple(c.shape[:-1]) for c in codes])
+    except ValueError as e:
         shapes = [tuple(t.shape) for t in points + codes]
         raise InputError(f"batch dimensions of points and codes do not broadcast: {shapes}") from e
     b = math.prod(batch)

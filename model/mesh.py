@@ -77,7 +77,7 @@ def extract_mesh(
     bbox_max: Sequence[float],
     resolution: int,
     *,
-    chunk_size: int = 65536,
+    chunk_size: int = 16384,
     coarse_resolution: int = 16,
     band: float = 1.0,
     level: float = 0.0,
@@ -94,6 +94,9 @@ def extract_mesh(
         bbox_min, bbox_max: the box corners (3 floats each, model units), ``bbox_min < bbox_max``.
         resolution: grid samples per axis (>= 2); the voxel size is ``(bbox_max - bbox_min) / (resolution - 1)``.
         chunk_size: most points passed to ``sdf_fn`` in one call; bounds the memory of the SDF network.
+            The default keeps a 128-wide hidden layer of a chunk (8 MB) near the CPU's caches: on the
+            project's 2-core CPU the shipped head's 128^3 mesh took 1.6 s with 16384 against 2.7 s with
+            65536 (same vertices); the element-wise activations are memory-bound.
         coarse_resolution: about how many samples per axis the coarsest octree level has; its cells are
             the largest power of two voxels wide that gives at least this many samples. A value
             ``>= resolution`` evaluates the whole grid (no narrow band).
@@ -196,7 +199,8 @@ def _narrow_band(grid: _SparseGrid, step: int, band: float) -> tuple[np.ndarray,
     n = _num_cells(res, step)
     cells = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), axis=-1).reshape(-1, 3)  # [M, 3]
     while True:
-        vmin, vmax = grid.corner_range(cells, step)  # [M], [M]
+        # at the finest level, corners whose sign their parent cell's corners imply are not evaluated
+        vmin, vmax = grid.corner_range(cells, step, band if step == 1 and states else None)  # [M], [M]
         closest = np.minimum(np.abs(vmin), np.abs(vmax))
         split = ((vmin < 0) & (vmax > 0)) | (closest < margin * step)  # [M]
         state = np.full((n, n, n), _ABSENT, dtype=np.int8)
@@ -239,22 +243,67 @@ class _SparseGrid:
         self.dtype = dtype
         self.device = device
         self.values = np.full((res, res, res), np.nan, dtype=np.float32)  # sdf - level
-        self.evaluated = np.zeros((res, res, res), dtype=bool)
+        self.evaluated = np.zeros((res, res, res), dtype=bool)  # evaluated or filled (see corner_range)
+        self.inferred = np.zeros((res, res, res), dtype=bool)  # filled with a bound, not evaluated
         self.evaluated_count = 0
         self.seconds = 0.0
         self.value_min = math.inf
         self.value_max = -math.inf
 
-    def corner_range(self, cells: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluate the 8 corners of ``cells`` [M, 3] (level ``step``); return their min and max [M]."""
-        corners = np.minimum((cells[:, None, :] + _CORNERS[None]) * step, self.res - 1)  # [M, 8, 3]
-        i, j, k = corners[..., 0], corners[..., 1], corners[..., 2]  # [M, 8] each
-        wanted = np.zeros_like(self.evaluated)
-        wanted[i, j, k] = True
-        missing = np.nonzero(wanted & ~self.evaluated)
-        self.evaluate(*missing)
-        values = self.values[i, j, k]  # [M, 8]
-        return values.min(axis=1), values.max(axis=1)
+    def corner_range(self, cells: np.ndarray, step: int, band: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The min and max [M] over the 8 corners of ``cells`` [M, 3] (level ``step``), evaluating the corners
+        still unknown.
+
+        With ``band``, at the finest level (``step == 1``; ``cells`` are the children of split cells two voxels
+        wide, whose corners are evaluated), a new corner lies on an edge, a face or at the centre of its
+        parent cell. When a parent corner's |SDF| exceeds its distance to the new corner times ``2 * band``
+        (the gradient norm up to which the band is exact), the new corner has that corner's sign: it is
+        filled with the difference (a lower bound of its |SDF|) and not evaluated. The cells whose corners
+        then change sign get their filled corners evaluated, so every cell marching cubes triangulates has
+        eight true values; a cell without a sign change is no input to it. On the shipped head at 128^3 this
+        evaluated 46 % fewer points, with the same mesh for five identities. (At the coarser levels the same
+        inference changed a few vertices: the learned SDF is steeper than 1 in places, and there the bounds
+        compound.)
+        """
+        r = self.res
+        corners = np.minimum((cells[:, None, :] + _CORNERS[None]) * step, r - 1)  # [M, 8, 3]
+        flat = (corners[..., 0] * r + corners[..., 1]) * r + corners[..., 2]  # [M, 8] indices into the grid
+        values, evaluated = self.values.reshape(-1), self.evaluated.reshape(-1)  # views
+        wanted = np.zeros(r**3, dtype=bool)
+        wanted[flat] = True
+        missing = np.flatnonzero(wanted & ~evaluated)  # [N]
+        if band is not None:
+            missing = missing[~self._infer(missing, 2.0 * band)]
+        self.evaluate(*np.unravel_index(missing, (r,) * 3))
+        corner_values = values[flat]  # [M, 8]
+        if band is not None:
+            crossed = (corner_values.min(axis=1) < 0) & (corner_values.max(axis=1) > 0)  # [M]
+            need = np.unique(flat[crossed][self.inferred.reshape(-1)[flat[crossed]]])
+            if len(need):
+                self.evaluate(*np.unravel_index(need, (r,) * 3))
+                corner_values = values[flat]
+        return corner_values.min(axis=1), corner_values.max(axis=1)
+
+    def _infer(self, flat: np.ndarray, lipschitz: float) -> np.ndarray:
+        """Fill the fine samples at grid indices ``flat`` [N] whose sign an evaluated corner of their two-voxel
+        parent cell implies (:meth:`corner_range`); returns which [N] bool."""
+        r = self.res
+        points = np.stack(np.unravel_index(flat, (r,) * 3), axis=1)  # [N, 3]
+        values = self.values.reshape(-1)
+        bound = np.zeros(len(points), dtype=np.float32)  # the largest lower bound of |SDF| found, signed
+        odd = points % 2  # [N, 3] 1 where the sample is between two parent corners
+        for corner in _CORNERS:  # the parent corners around each sample: down or up along its odd axes
+            offset = odd * (2 * corner - 1)  # [N, 3] in {-1, 0, 1}
+            q = np.minimum(points + offset, r - 1)  # [N, 3]
+            value = values[(q[:, 0] * r + q[:, 1]) * r + q[:, 2]]  # [N]
+            lower = np.abs(value) - lipschitz * np.sqrt(np.square(offset * self.voxel).sum(axis=1))  # [N]
+            better = lower > np.abs(bound)  # NaN (not evaluated) compares False
+            bound[better] = np.sign(value[better]) * lower[better]
+        known = bound != 0
+        values[flat[known]] = bound[known]
+        self.evaluated.reshape(-1)[flat[known]] = True
+        self.inferred.reshape(-1)[flat[known]] = True
+        return known
 
     def evaluate(self, i: np.ndarray, j: np.ndarray, k: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -276,6 +325,7 @@ class _SparseGrid:
                 self.value_min = min(self.value_min, float(sdf.min()))
                 self.value_max = max(self.value_max, float(sdf.max()))
         self.evaluated[i, j, k] = True
+        self.inferred[i, j, k] = False
         self.evaluated_count += len(i)
         self.seconds += time.perf_counter() - t0
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from model.arkit import ARKIT_NAMES, ArkitRig, solve_curves
 from model.errors import InputError
-from model.forward_deformation import forward_posed
+from model.forward_deformation import head_condition
 from tracker.tto import MM_PER_UNIT
 
 MOVES_MM = 0.5
@@ -32,8 +32,10 @@ SOLVE_POINTS = 2000
 """Vertices the curve solve uses (an even subsample of the moving ones)."""
 RIDGE = 0.01
 """Relative ridge of the solve (:func:`model.arkit.solve_curves`): a shape alone reads 0.99 of its weight."""
-BATCH_POINTS = 32768
-"""Point-code pairs per forward pass of :func:`_posed` (about 100 MB of activations)."""
+BATCH_POINTS = 16384
+"""Point-code pairs per forward pass of :func:`_posed` (8 MB per hidden layer, near the CPU's caches: on two
+threads the curve stage of the 75-frame example took 0.49 s against 0.91 s in passes of 32768 pairs that also
+re-encoded each point per code)."""
 FRAME_CHUNK = 256
 """Frames per pass of the curve solve and its residual: their [frames, points, 3] arrays (about 12 MB per 256
 frames) would otherwise grow with the clip (3,000 frames took the tracker's peak from 0.76 to 2.55 GB)."""
@@ -41,13 +43,16 @@ frames) would otherwise grow with the clip (3,000 frames took the tracker's peak
 
 def _posed(layer: Any, forward: Any, canonical: Tensor, z_id: Tensor, z_ex: Tensor) -> Tensor:
     """``[B, V, 3]`` canonical points ``[V, 3]`` posed at codes ``z_ex [B, D_ex]`` (no grad), in batches of
-    about :data:`BATCH_POINTS` point-code pairs so that memory stays bounded whatever ``B`` and ``V`` are."""
+    about :data:`BATCH_POINTS` point-code pairs so that memory stays bounded whatever ``B`` and ``V`` are.
+    Each point's part of the network (:meth:`~model.forward_deformation.ForwardDeformation.point_features`)
+    is computed once for all codes."""
     out = []
     step = max(1, BATCH_POINTS // len(z_ex))  # points per batch
     with torch.no_grad():
+        cond = head_condition(layer, z_id.expand(len(z_ex), -1), z_ex)  # [B, C]
         for s in range(0, len(canonical), step):
-            c = canonical[s:s + step][None].expand(len(z_ex), -1, -1)
-            out.append(forward_posed(forward, layer, c, z_id.expand(len(z_ex), -1), z_ex).cpu())
+            c = canonical[s:s + step]  # [n, 3]
+            out.append((c + forward.offsets_at(forward.point_features(c), cond, chunk=step)).cpu())
     return torch.cat(out, 1)
 
 

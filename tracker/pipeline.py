@@ -45,6 +45,7 @@ from tracker.arkit import CurveSolver, track_curves, write_arkit
 from tracker.bake import RIGS, Baker, check_arkit_target, pca_options
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
+from tracker.detect import import_backend
 from tracker.landmark_tracker import FittedLandmarks, LandmarkStrategy, LandmarkTracker
 from tracker.predict import Models, Prediction, predict, resize_intrinsics, start_topology
 from tracker.strategy import FrameSolution, TrackingStrategy, repeat_as_gap
@@ -303,6 +304,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         if preview.is_dir():
             raise InputError(f"{preview}: is a folder; give a file name ending in .mp4")
         _check_output_folder(preview)
+    import_backend(cfg.crop.detector)  # an import, as torch's: before the clock, like the caller's own
     start = time.perf_counter()
     clock = _Clock()
     stream = open_video(video, decoder=cfg.decoder)  # a bad input fails before the networks load
