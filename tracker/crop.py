@@ -224,6 +224,8 @@ class CropConfig:
             is installed, else the Haar cascades) or a name in :data:`tracker.detect.DETECTORS`.
         face_mesh: settings of the Face Mesh detector; ``FaceMeshConfig(static_image_mode=True)`` for
             single photos.
+        images: cut the crop images; ``False`` leaves :attr:`CropResult.image` ``None`` for a caller that
+            reads only the squares and landmarks (the landmark tracker: 2 ms a frame saved).
     """
 
     size: int = 256
@@ -235,6 +237,7 @@ class CropConfig:
     reacquire_iou: float = 0.1
     detector: str = "auto"
     face_mesh: FaceMeshConfig = field(default_factory=FaceMeshConfig)
+    images: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.scale <= 0 or self.box_scale <= 0 or self.max_hold < 0:
@@ -254,7 +257,8 @@ class CropResult:
     Attributes:
         index, time_s: the frame's index and time (seconds), from :class:`~tracker.decode.Frame`.
         status: ``"detected"``, ``"held"`` or ``"gap"`` (see module docstring).
-        image: ``[size, size, 3]`` uint8 RGB crop; ``None`` for a gap.
+        image: ``[size, size, 3]`` uint8 RGB crop; ``None`` for a gap (and always with ``CropConfig.images``
+            off).
         crop_to_frame: ``[2, 3]`` affine crop pixels -> frame pixels; ``None`` for a gap.
         square: ``[3]`` smoothed ``(cx, cy, side)`` in frame pixels; ``None`` for a gap.
         detection: the raw face box used this frame, for a landmark detector the landmarks' tight box
@@ -376,7 +380,7 @@ class FaceCropper:
         found = picked if status == "detected" else None
         marks = found.landmarks if found is not None else None
         return CropResult(index=frame.index, time_s=frame.time_s, status=status,
-                          image=crop_square(frame.image, square, cfg.size),
+                          image=crop_square(frame.image, square, cfg.size) if cfg.images else None,
                           crop_to_frame=crop_affine(square, cfg.size), square=square,
                           detection=found.box if found is not None else None,
                           landmarks=None if marks is None else marks.points.copy(),

@@ -29,6 +29,7 @@ halved for a held crop, 0 for a gap.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -308,7 +309,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     start = time.perf_counter()
     clock = _Clock()
     stream = open_video(video, decoder=cfg.decoder)  # a bad input fails before the networks load
-    models = models or Models.load(device=cfg.device)
+    models = models or Models.load(device=cfg.device, encoders=not on_landmarks)
     if arkit_out and (models.arkit_rig is None or models.forward is None):
         raise InputError(f"{models.head_path}: this head model has no ARKit rig asset and forward deformation "
                          "(`nphm-train arkit-rig`); write a mesh format instead")
@@ -374,7 +375,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         t = clock.add("setup", start)  # the video opened, the models loaded, the tracker built
         latest: dict = {}
         frames = _counted(stream, bar, latest, cfg.max_frames)
-        for crop in crop_frames(frames, cfg.crop.setup(), source=str(video)):
+        crop_cfg = dataclasses.replace(cfg.crop, images=False) if on_landmarks else cfg.crop  # detections only
+        for crop in crop_frames(frames, crop_cfg.setup(), source=str(video)):
             t = clock.add("decode+detect", t)
             item = _Pending(crop, latest.get("image") if keep_frames else None)
             if tracker.z_id is None:

@@ -60,9 +60,11 @@ class Models:
     codes: dict[str, Tensor]
     """The head checkpoint's training code tables (``z_id``, ``z_ex``, ``is_neutral``; may be empty)."""
     head_meta: dict
-    normal_encoder: GeometryEncoder
-    point_encoder: GeometryEncoder
-    regressor: Regressor
+    normal_encoder: Optional[GeometryEncoder]
+    point_encoder: Optional[GeometryEncoder]
+    regressor: Optional[Regressor]
+    """The image path's networks; ``None`` when loaded without them (``Models.load(encoders=False)``: the
+    landmark tracker does not use them)."""
     head_path: str = "default"
     landmarks: Optional[LandmarkAssets] = None
     """Landmark embedding and identity map of this head (:mod:`model.landmarks`); the landmark tracker needs
@@ -81,6 +83,10 @@ class Models:
     _code_stats: Optional[CodeStatistics] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.regressor is None and self.normal_encoder is None and self.point_encoder is None:
+            return
+        if self.regressor is None or self.normal_encoder is None or self.point_encoder is None:
+            raise InputError("Models: give the two encoders and the regressor together, or none of them")
         rc = self.regressor.cfg
         hc = self.layer.cfg
         if rc.id_dim != hc.id_dim or rc.expr_dim != hc.expr_dim:
@@ -95,14 +101,19 @@ class Models:
     @classmethod
     def load(cls, head: Optional[PathLike] = None, normal_encoder: Optional[PathLike] = None,
              point_encoder: Optional[PathLike] = None, regressor: Optional[PathLike] = None,
-             device: str | torch.device = "cpu", landmarks: Optional[PathLike] = None) -> "Models":
+             device: str | torch.device = "cpu", landmarks: Optional[PathLike] = None,
+             encoders: bool = True) -> "Models":
         """Load the four checkpoints and the landmark assets; ``None`` takes the shipped default of each
-        (``WEIGHTS``, ``LANDMARKS``); with another head and no ``landmarks``, there are none."""
+        (``WEIGHTS``, ``LANDMARKS``); with another head and no ``landmarks``, there are none.
+        ``encoders=False`` leaves out the image path's encoders and regressor (0.1-0.2 s of loading)."""
         head_path = Path(head) if head is not None else default_weights(WEIGHTS["head"])
         layer, codes, meta = load_checkpoint(head_path)
-        enc_n, _ = load_encoder(normal_encoder if normal_encoder is not None else default_weights(WEIGHTS["normals"]))
-        enc_p, _ = load_encoder(point_encoder if point_encoder is not None else default_weights(WEIGHTS["points"]))
-        reg, _ = load_regressor(regressor if regressor is not None else default_weights(WEIGHTS["regressor"]))
+        enc_n = enc_p = reg = None
+        if encoders:
+            enc_n, _ = load_encoder(normal_encoder if normal_encoder is not None
+                                    else default_weights(WEIGHTS["normals"]))
+            enc_p, _ = load_encoder(point_encoder if point_encoder is not None else default_weights(WEIGHTS["points"]))
+            reg, _ = load_regressor(regressor if regressor is not None else default_weights(WEIGHTS["regressor"]))
         if landmarks is not None:
             assets = load_landmark_assets(landmarks)
         elif head is None:
@@ -132,11 +143,13 @@ class Models:
 
     @property
     def device(self) -> torch.device:
-        return next(self.regressor.parameters()).device
+        return next(self.layer.parameters()).device
 
     @property
     def image_size(self) -> int:
         """Side ``S`` of the square network input, pixels."""
+        if self.normal_encoder is None:
+            raise InputError("these Models were loaded without the image encoders (Models.load(encoders=True))")
         return self.normal_encoder.cfg.image_size
 
     @property

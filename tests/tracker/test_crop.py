@@ -5,6 +5,8 @@ import importlib.util
 from pathlib import Path
 
 import av
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -158,6 +160,13 @@ def test_landmark_detector_hold_then_gap_and_reset():
     boxes = FaceCropper(ScriptedDetector([[FaceBox(20, 20, 60, 60, 5.0)]]), config)
     r = boxes(frames(1)[0])
     assert r.status == "detected" and r.landmarks is None and r.landmark_score == 0.0
+    assert r.image.shape == (32, 32, 3)
+    # Without images (the landmark tracker's cropper): the same square and landmarks, no crop.
+    bare = FaceCropper(ScriptedLandmarks([a]), replace(config, images=False), ExponentialSmoother(alpha=1.0))
+    r = bare(frames(1)[0])
+    assert r.status == "detected" and r.image is None
+    np.testing.assert_allclose(r.square, results[0].square)
+    np.testing.assert_allclose(r.landmarks, a.points)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,17 @@ def test_models_refuse_a_regressor_of_another_head(models):
                Regressor(other))
 
 
+def test_models_without_the_image_networks(models):
+    """The landmark tracker's bundle: head and landmark assets, no encoders or regressor (and no half set)."""
+    bare = Models.load(encoders=False)
+    assert bare.normal_encoder is None and bare.point_encoder is None and bare.regressor is None
+    assert bare.landmarks is not None and bare.device == torch.device("cpu")
+    with pytest.raises(InputError, match="without the image encoders"):
+        bare.image_size
+    with pytest.raises(InputError, match="together"):
+        Models(bare.layer, bare.codes, bare.head_meta, None, None, models.regressor)
+
+
 def test_missing_default_weights_name_the_file(tmp_path):
     with pytest.raises(InputError, match="nope.pt"):
         Models.load(head=None, normal_encoder=tmp_path / "nope.pt")
