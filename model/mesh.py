@@ -88,6 +88,7 @@ def extract_mesh(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     largest_component: bool = False,
+    refine: bool = True,
 ) -> Mesh:
     """Extract the ``level`` iso-surface of ``sdf_fn`` inside an axis-aligned box by marching cubes.
 
@@ -113,6 +114,9 @@ def extract_mesh(
         largest_component: keep only the connected component with the most faces
             (:func:`keep_largest_component`), dropping spurious surfaces a learned SDF may have away from
             its training data.
+        refine: the two refinements of the band test (module docstring); ``False`` evaluates every corner of
+            the finest cells near the surface (the same mesh for an SDF within the band's gradient bound,
+            from about twice the SDF calls; kept to check that).
 
     Returns:
         The mesh in model units; ``mesh.info.evaluated_fraction`` says how much of the grid was evaluated.
@@ -149,7 +153,7 @@ def extract_mesh(
         volume = grid.values
         crossed = int(volume.min() < 0 < volume.max())
     else:
-        volume, crossed = _narrow_band(grid, step, band)
+        volume, crossed = _narrow_band(grid, step, band, refine)
     if crossed == 0 or not (volume.min() < 0 < volume.max()):
         raise EmptySurfaceError(
             f"sdf_fn has no zero crossing of level {level} in the box {lo.tolist()} to {hi.tolist()} "
@@ -195,8 +199,9 @@ def keep_largest_component(mesh: Mesh) -> Mesh:
     return Mesh(vertices=v[used], faces=remap[f], info=mesh.info)
 
 
-def _narrow_band(grid: _SparseGrid, step: int, band: float) -> tuple[np.ndarray, int]:
-    """Coarse-to-fine octree from cells ``step`` voxels wide; return the filled volume and crossed cells."""
+def _narrow_band(grid: _SparseGrid, step: int, band: float, refine: bool = True) -> tuple[np.ndarray, int]:
+    """Coarse-to-fine octree from cells ``step`` voxels wide; return the filled volume and crossed cells.
+    ``refine``: the far-corner split test and the finest level's implied signs (module docstring)."""
     res = grid.res
     margin = band * float(np.linalg.norm(grid.voxel))  # model units per voxel of cell width
     states = []  # per level: (cell width in voxels, int8 cell states [C, C, C])
@@ -204,12 +209,15 @@ def _narrow_band(grid: _SparseGrid, step: int, band: float) -> tuple[np.ndarray,
     cells = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), axis=-1).reshape(-1, 3)  # [M, 3]
     while True:
         # at the finest level, corners whose sign their parent cell's corners imply are not evaluated
-        vmin, vmax = grid.corner_range(cells, step, band if step == 1 and states else None)  # [M], [M]
+        vmin, vmax = grid.corner_range(cells, step, band if refine and step == 1 and states else None)  # [M], [M]
         closest = np.minimum(np.abs(vmin), np.abs(vmax))
         farthest = np.maximum(np.abs(vmin), np.abs(vmax))
         # no surface where one corner's Lipschitz ball (radius |SDF| / (2 band)) holds the whole cell, the
         # nearest corner's holds every point (the farthest is half a diagonal away), or the signs differ
-        split = ((vmin < 0) & (vmax > 0)) | ((closest < margin * step) & (farthest < 2 * margin * step))  # [M]
+        near = closest < margin * step
+        if refine:
+            near &= farthest < 2 * margin * step
+        split = ((vmin < 0) & (vmax > 0)) | near  # [M]
         state = np.full((n, n, n), _ABSENT, dtype=np.int8)
         state[tuple(cells.T)] = np.where(split, _SPLIT, np.where(vmax < 0, _INSIDE, _OUTSIDE))
         states.append((step, state))

@@ -149,21 +149,21 @@ def test_largest_component_drops_stray_surfaces():
 
 
 @pytest.mark.parametrize("band", [0.5, 1.0])
-def test_fine_corners_with_implied_signs_are_not_evaluated(monkeypatch, band):
-    """At the finest level a corner whose sign its parent cell's corners imply is filled, not evaluated,
-    unless a cell it bounds changes sign: same mesh, fewer evaluations."""
-    import model.mesh as mesh_module
+def test_refined_band_gives_the_same_mesh_from_fewer_calls(band):
+    """The far-corner split test and the finest level's implied signs (refine=True, the default): the same
+    mesh as the plain band test and as the dense grid, from fewer SDF calls."""
 
     def ellipsoid(p):
         q = p / torch.tensor([0.6, 0.35, 0.45])
         return (q.norm(dim=-1) - 1.0) * 0.35  # |grad| <= 1
 
     lo, hi = [-0.7, -0.5, -0.6], [0.75, 0.4, 0.5]
-    inferred = extract_mesh(ellipsoid, lo, hi, 97, band=band)
-    monkeypatch.setattr(mesh_module._SparseGrid, "_infer", lambda self, flat, lipschitz: np.zeros(len(flat), bool))
-    evaluated = extract_mesh(ellipsoid, lo, hi, 97, band=band)
+    calls = CountingSdf(ellipsoid)
+    refined = extract_mesh(calls, lo, hi, 97, band=band)
+    plain = extract_mesh(ellipsoid, lo, hi, 97, band=band, refine=False)
     dense = extract_mesh(ellipsoid, lo, hi, 97, coarse_resolution=97)
-    for mesh in (inferred, evaluated):
+    for mesh in (refined, plain):
         assert np.array_equal(mesh.faces, dense.faces)
         assert np.abs(mesh.vertices - dense.vertices).max() <= 1e-6
-    assert inferred.info.evaluated_points < 0.8 * evaluated.info.evaluated_points
+    assert sum(calls.calls) == refined.info.evaluated_points  # re-evaluated fills are counted too
+    assert refined.info.evaluated_points < 0.8 * plain.info.evaluated_points
