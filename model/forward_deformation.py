@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,19 @@ class ForwardDeformationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class PointEncoding(NamedTuple):
+    """Canonical points ``x [N, 3]`` and what the forward network computes of them alone
+    (:meth:`ForwardDeformation.point_encoding`): ``sin``, ``cos [N, 3F]`` of the positional encoding, ``pre
+    [N, hidden]`` its product with the first layer's point weights, ``features = pre + bias`` (as
+    :meth:`ForwardDeformation.point_features`)."""
+
+    x: Tensor
+    sin: Tensor
+    cos: Tensor
+    pre: Tensor
+    features: Tensor
 
 
 class ForwardDeformation(nn.Module):
@@ -125,7 +138,16 @@ class ForwardDeformation(nn.Module):
         """Width of the point encoding (the first layer's point columns; the conditioning's follow)."""
         return 3 + 6 * self.cfg.n_frequencies
 
-    def jacobians(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def point_encoding(self, x: Tensor) -> PointEncoding:
+        """``[N, 3]`` canonical points -> what :meth:`jacobians` and :meth:`offsets_at` need of them alone, for
+        points that stay fixed over many calls (one identity's landmarks through a video's frame fits)."""
+        a = (x[..., None] * self.freqs).flatten(-2)  # [N, 3F], index coordinate * F + frequency
+        sin, cos = torch.sin(a), torch.cos(a)
+        pre = torch.cat([x, sin, cos], -1) @ self.layers[0].weight[:, :self._d_points].T
+        return PointEncoding(x=x, sin=sin, cos=cos, pre=pre, features=pre + self.layers[0].bias)
+
+    def jacobians(self, x: Tensor, cond: Tensor, encoding: Optional[PointEncoding] = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward` (one batch) with its exact Jacobians with respect to the points and the conditioning.
 
         Reverse accumulation from the 3 outputs per point (one backward sweep of a ``[N, 3, hidden]`` block
@@ -134,6 +156,7 @@ class ForwardDeformation(nn.Module):
 
         Args:
             x: ``[N, 3]`` canonical points (model units); cond: ``[C]``.
+            encoding: ``point_encoding(x)``, when the caller keeps it (the same numbers, computed once).
         Returns:
             ``(offsets [N, 3], d_x [N, 3, 3], d_cond [N, 3, C])`` with ``d_x[n, i, j] = d offsets[n, i] / d x[n, j]``
             and ``d_cond[n, i, c] = d offsets[n, i] / d cond[c]``. Not meant for autograd.
@@ -142,10 +165,10 @@ class ForwardDeformation(nn.Module):
             raise InputError(f"jacobians: x must be [N, 3] and cond [{self.cfg.cond_dim}], got {tuple(x.shape)} "
                              f"and {tuple(cond.shape)}")
         F, d = len(self.freqs), self._d_points
-        a = (x[..., None] * self.freqs).flatten(-2)  # [N, 3F], index coordinate * F + frequency
-        sin, cos = torch.sin(a), torch.cos(a)
+        enc = encoding if encoding is not None else self.point_encoding(x)
+        sin, cos = enc.sin, enc.cos
         w0 = self.layers[0].weight
-        h = torch.cat([x, sin, cos], -1) @ w0[:, :d].T + (cond @ w0[:, d:].T + self.layers[0].bias)
+        h = enc.pre + (cond @ w0[:, d:].T + self.layers[0].bias)
         masks = []
         for i, layer in enumerate(self.layers):
             if i > 0:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from model.errors import InputError
-from model.forward_deformation import forward_posed, posed_start, resolve_posing
+from model.forward_deformation import PointEncoding, forward_posed, head_condition, posed_start, resolve_posing
 from model.landmarks import LandmarkMap, linearised_posed
 from tracker.tto import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -156,6 +156,7 @@ class LandmarkRig:
     n_fit: int = 478
     forward: Any = None
     posing: str = "inverse"
+    _canonical_cache: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def forward_posing(self) -> bool:
@@ -197,6 +198,28 @@ class LandmarkRig:
 
     def z_id(self, alpha: Tensor) -> Tensor:
         return self.landmark_map.code_of(alpha)
+
+    def canonical(self, alpha: Tensor) -> tuple[Tensor, Optional[PointEncoding]]:
+        """The fitted landmarks' canonical points ``[n_fit, 3]`` at identity coordinates ``alpha`` and, with
+        forward posing, their :class:`~model.forward_deformation.PointEncoding`. The last ``alpha``'s are kept
+        (a video's frame fits hold the identity fixed), for a plain ``alpha``: not one that autograd or
+        ``torch.func`` differentiates."""
+        plain = _plain(alpha)
+        cached = self._canonical_cache
+        if plain and cached is not None and cached[0].shape == alpha.shape and torch.equal(cached[0], alpha):
+            return cached[1], cached[2]
+        can = self.landmark_map.from_coordinates(alpha)[:self.n_fit]
+        encoding = self.forward.point_encoding(can) if self.forward_posing else None
+        if plain:
+            self._canonical_cache = (alpha.clone(), can, encoding)
+        return can, encoding
+
+
+def _plain(t: Tensor) -> bool:
+    """``t`` is neither tracked by autograd nor wrapped by ``torch.func`` (whose tangents a cache would drop;
+    without the check torch offers, no tensor counts as plain)."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and not t.requires_grad and not wrapped(t)
 
 
 # --- per-frame data and state ----------------------------------------------------------------------------
@@ -451,10 +474,10 @@ def forward_tangents(rig: LandmarkRig, alpha: Tensor, beta: Tensor, with_alpha: 
     with torch.no_grad():
         z_id, z_ex = rig.z_id(alpha)[None], rig.z_ex(beta)[None]
         cond = deformation.condition(z_id, z_ex, layer.anchors(z_id))[0]
-        can = lmap.from_coordinates(alpha)[:rig.n_fit]
+        can, encoding = rig.canonical(alpha)
         if not (with_alpha or with_beta):
             return can + fwd(can[None], cond[None])[0], torch.zeros(rig.n_fit, 3, 0)
-        off, d_x, d_cond = fwd.jacobians(can, cond)  # [L, 3], [L, 3, 3], [L, 3, C]
+        off, d_x, d_cond = fwd.jacobians(can, cond, encoding)  # [L, 3], [L, 3, 3], [L, 3, C]
         dirs = condition_directions(rig, alpha, with_alpha, with_beta)
         cols = []
         if with_alpha:
@@ -477,9 +500,10 @@ def _frame_residual(rig: LandmarkRig, stage: LandmarkStage, obs: Observation, ro
     beta = own.get("beta", state.beta)
     delta = own.get("delta", torch.zeros(3, dtype=state.t.dtype))
     t = own.get("t", state.t)
-    canonical = rig.landmark_map.from_coordinates(alpha)[:rig.n_fit]
-    if rig.forward_posing:
-        x = forward_posed(rig.forward, rig.layer, canonical[None], rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]
+    canonical, encoding = rig.canonical(alpha)
+    if rig.forward_posing:  # forward_posed, with the points' part of the network kept per identity
+        cond = head_condition(rig.layer, rig.z_id(alpha)[None], rig.z_ex(beta)[None])
+        x = canonical + rig.forward.offsets_at(encoding.features[None], cond)[0]
     else:
         x = linearised_posed(rig.layer, state.x[None], state.inv_jac[None], canonical[None],
                              rig.z_id(alpha)[None], rig.z_ex(beta)[None])[0]

@@ -160,6 +160,16 @@ def test_forward_posing_tangents_match_autodiff():
     ref = torch.cat([torch.func.jacfwd(posed, argnums=0)(alpha, beta), torch.func.jacfwd(posed, argnums=1)(alpha, beta)], -1)
     assert G.shape == ref.shape
     assert torch.allclose(G, ref, atol=1e-5 * float(ref.abs().max()))
+    # The canonical points and their encoding are kept for the last plain alpha (the same numbers), and not
+    # served to torch.func, whose tangents they would drop.
+    can, enc = rig.canonical(alpha)
+    again, enc_again = rig.canonical(alpha.clone())
+    assert again is can and enc_again is enc
+    assert torch.equal(enc.features, rig.forward.point_features(can))
+    other, _ = rig.canonical(alpha + 0.1)
+    assert not torch.equal(other, can)
+    assert torch.allclose(torch.func.jacfwd(lambda a: rig.canonical(a)[0], argnums=0)(alpha),
+                          torch.func.jacfwd(lambda a: rig.landmark_map.from_coordinates(a)[:rig.n_fit])(alpha))
 
 
 def test_inverse_posing_with_a_forward_model_starts_from_its_prediction():
