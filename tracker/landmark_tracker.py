@@ -4,8 +4,9 @@ Evidence per frame: the detector's 478 Face Mesh landmarks in frame pixels (:mod
 :class:`tracker.crop.CropResult`). The head model's landmarks come from :mod:`model.landmarks`; the fit is
 :mod:`tracker.landmark_fit` (Levenberg-Marquardt).
 
-1. **Identity and camera, once**: the first ``identity_frames`` face frames are buffered; each gets a pose by
-   PnP against the mean identity's neutral landmarks; ``keyframes`` of them are chosen for pose diversity;
+1. **Identity and camera, once**: the first ``identity_frames`` face frames are buffered; the learned
+   identity prior reads them all; ``identity_poses`` of them, evenly spaced, get a pose by PnP against the
+   prior's identity's neutral landmarks; ``keyframes`` of those are chosen for pose diversity;
    one joint fit over the keyframes estimates the identity (whitened coordinates of the landmark map), the
    focal length (relative to the start ``focal_factor * max(W, H)``, kept within ``focal_bounds``) and
    each keyframe's pose and expression. Identity and focal length are then held for the whole video.
@@ -63,8 +64,17 @@ class LandmarkStrategy:
     """The varying policy of the landmark tracker (module docstring); defaults are what ``nphm-track`` runs.
 
     Attributes:
-        identity_frames: face frames buffered for the identity (the animation starts after them).
+        identity_frames: face frames buffered for the identity (the animation starts after them; none is
+            lost). A longer window was measured and not taken (``tests/benchmarks/bench_identity.py
+            --identity-frames 12,25,50``, with 12 poses): 50 frames gave the identity 0.997 x the mean head's
+            error against 1.033 on the seed-9500 videos, but 1.045 against 1.042 on the seed-9600 ones (worst
+            video 1.201 vs 1.221), and the strong-expression videos' expression error rose from 0.91 to 0.93 (a
+            scratch run of ``bench_landmark_tracker.py`` with this default at 50).
         identity_wait: at most this many frames (from the first face) are buffered.
+        identity_poses: frames of the identity window, evenly spaced, that get a PnP pose; the keyframes are
+            chosen among them (the learned prior reads every frame of the window). With the default window
+            every frame is posed; for a 50-frame window, posing all of them cost 0.5 s more on the 75-frame
+            example.
         keyframes: frames of that window fitted jointly for the identity and the focal length.
         focal_bounds: the focal length stays within these multiples of the start value.
         expression_dims: principal directions of the training expression codes the fit moves in.
@@ -89,6 +99,7 @@ class LandmarkStrategy:
 
     identity_frames: int = 12
     identity_wait: int = 50
+    identity_poses: int = 12
     keyframes: int = 5
     focal_bounds: tuple[float, float] = (0.5, 2.5)
     expression_dims: int = 32
@@ -105,8 +116,8 @@ class LandmarkStrategy:
     regressed_prior_gain: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.identity_frames < 1 or self.keyframes < 1 or self.identity_wait < 1:
-            raise InputError("LandmarkStrategy needs identity_frames, identity_wait and keyframes >= 1")
+        if self.identity_frames < 1 or self.keyframes < 1 or self.identity_wait < 1 or self.identity_poses < 1:
+            raise InputError("LandmarkStrategy needs identity_frames, identity_wait, identity_poses and keyframes >= 1")
         unknown = set(self.region_weights) - set(REGIONS)
         if unknown:
             raise InputError(f"LandmarkStrategy.region_weights: unknown regions {sorted(unknown)}; known: {REGIONS}")
@@ -189,6 +200,9 @@ class LandmarkTracker:
                                  np.stack([p.crop.landmarks for p in faces]))
         if centre is not None:
             self.rig = replace(self.rig, landmark_map=self.rig.landmark_map.recentred(centre))
+        posed = np.unique(np.linspace(0, len(faces) - 1, min(self.strategy.identity_poses, len(faces))).round()
+                          .astype(int))  # evenly spaced over the window
+        faces = [faces[i] for i in posed]
         obs = [self.observation(p.crop.landmarks) for p in faces]
         shared = Shared(alpha=torch.zeros(self.rig.landmark_map.rank), phi=torch.tensor(0.0), K0=self.K0)
         states = [start_state(self.rig, shared, o) for o in obs]

@@ -9,6 +9,9 @@ The reference is ICT-FaceKit's mean neutral head (the average face): ``ratio`` i
 its error on the same video. Videos whose head turns at least ``--turn`` degrees of yaw either way within
 the identity window are also summarised apart.
 
+``--id-weights`` and ``--identity-frames`` compare variants of the strategy (the prior's weight in the joint
+keyframe fit; the identity window's length in face frames, of the first ``--frames`` of each video).
+
 ``centre_vs_ict_mean_head_mm``: the Chamfer of the learned prior's centre code against ICT's mean head.
 
 ``--real CLIP`` (repeatable): the identity fitted from ``--subsets`` windows spread over the clip
@@ -83,10 +86,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--videos", type=Path, default=None, help="folder of video_NNNN.mp4 + .gt.npz")
     ap.add_argument("--max-videos", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=50, help="frames read per synthetic video (the window comes first)")
     ap.add_argument("--priors", default=",".join(IDENTITY_PRIORS), help=f"comma-separated subset of {IDENTITY_PRIORS}")
     ap.add_argument("--id-weights", default=None,
                     help="comma-separated identity prior weights of the joint keyframe stage to compare, the same "
                          "for every prior (method names get '@w'); default: the strategy's own")
+    ap.add_argument("--identity-frames", default=None,
+                    help="comma-separated identity window lengths (face frames) to compare, the same for every prior "
+                         "(method names get '/Nf'); default: the strategy's own")
     ap.add_argument("--turn", type=float, default=30.0, help="yaw (degrees, either way) of a 'turning' video")
     ap.add_argument("--real", type=Path, action="append", default=[], help="a real clip for the spread figure")
     ap.add_argument("--subsets", type=int, default=4, help="identity windows per real clip")
@@ -103,6 +110,9 @@ def main() -> None:
         strategies = {f"{p}@{w}": LandmarkStrategy(identity_prior=p, identity_stages=with_id_weight(float(w)),
                                                    regressed_prior_gain=1.0)
                       for p in priors for w in args.id_weights.split(",")}
+    if args.identity_frames:
+        strategies = {f"{p}/{n}f": replace(strat, identity_frames=int(n), identity_wait=max(int(n), strat.identity_wait))
+                      for p, strat in strategies.items() for n in args.identity_frames.split(",")}
     priors = list(strategies)
     out: dict = {"bench": "identity", "priors": priors, "identity_prior_loaded": models.identity_prior is not None}
     kit = load_ict(default_ict_path())
@@ -122,7 +132,7 @@ def main() -> None:
         gt = np.load(v.with_name(v.stem + ".gt.npz"))
         truth, region = ground_truth_surface(kit, topo, gt["w_id"], zero_ex)
         ref = chamfer_mesh(mean_head, truth, region, args.samples)
-        crops, K = detected_frames(v, 50)
+        crops, K = detected_frames(v, args.frames)
         window = [c.index for c in crops if c.landmarks is not None][:LandmarkStrategy().identity_frames]
         yaw = float(np.abs(gt["pose_angles"][window, 0]).max()) if "pose_angles" in gt.files else float("nan")
         row = {"video": v.name, "mean_head_mm": round(ref, 3), "window_max_abs_yaw_deg": round(yaw, 1)}
@@ -150,10 +160,12 @@ def main() -> None:
         out["real"] = {}
         for clip in args.real:
             crops, K = detected_frames(clip, None)
-            n, w = len(crops), LandmarkStrategy().identity_frames
-            starts = [int(i * (n - w) / max(args.subsets - 1, 1)) for i in range(args.subsets)]
-            row = {"frames": n, "window_starts": starts}
+            n = len(crops)
+            row = {"frames": n}
             for p, strat in strategies.items():
+                w = strat.identity_frames
+                starts = [int(i * (n - w) / max(args.subsets - 1, 1)) for i in range(args.subsets)]
+                row[f"{p}_window_starts"] = starts
                 lms = []
                 for s in starts:
                     z = fitted_identity(models, crops[s:], K, strat)

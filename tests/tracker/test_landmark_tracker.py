@@ -114,3 +114,30 @@ def test_the_regressed_centre_holds_the_identity_closer():
     assert {st.name: st.w_id_prior for st in s.identity_fit_stages(None)} == base  # no learned prior
     assert {st.name: st.w_id_prior for st in LandmarkStrategy(identity_prior="centre").identity_fit_stages(
         torch.zeros(3))} == base
+
+
+def test_a_long_identity_window_poses_evenly_spaced_frames(models):
+    """identity_frames 20 with identity_poses 4: the prior reads all 20 face frames, the keyframes come from the
+    4 evenly spaced ones that got a PnP pose."""
+    from types import SimpleNamespace
+
+    from model.errors import InputError
+    from tracker.crop import CropConfig, crop_frames
+    from tracker.decode import open_video
+    from tracker.landmark_tracker import LandmarkStrategy, LandmarkTracker
+    from tracker.pipeline import _Clock, frame_intrinsics
+
+    with open_video(EXAMPLE) as stream:
+        K = frame_intrinsics(stream.info.width, stream.info.height, TrackConfig())
+        crops = [c for _, c in zip(range(20), crop_frames(stream, CropConfig().setup(), "example"))]
+    window = [SimpleNamespace(crop=c) for c in crops]
+    strategy = LandmarkStrategy(identity_frames=20, identity_poses=4, keyframes=2)
+    tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K, _Clock(),
+                              forward=models.forward, identity_prior=models.identity_prior)
+    tracker.estimate_identity(window)
+    faces = [c.index for c in crops if c.landmarks is not None]
+    posed = {faces[i] for i in np.linspace(0, len(faces) - 1, 4).round().astype(int)}
+    assert len(tracker.keyframes) == 2 and set(tracker.keyframes) <= posed
+    assert tracker.z_id is not None and np.isfinite(tracker.z_id.numpy()).all()
+    with pytest.raises(InputError, match="identity_poses"):
+        LandmarkStrategy(identity_poses=0)
