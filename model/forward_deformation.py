@@ -68,12 +68,11 @@ class ForwardDeformationConfig:
 
 
 class PointEncoding(NamedTuple):
-    """Canonical points ``x [N, 3]`` and what the forward network computes of them alone
+    """What the forward network computes of canonical points ``[N, 3]`` alone
     (:meth:`ForwardDeformation.point_encoding`): ``sin``, ``cos [N, 3F]`` of the positional encoding, ``pre
-    [N, hidden]`` its product with the first layer's point weights, ``features = pre + bias`` (as
-    :meth:`ForwardDeformation.point_features`)."""
+    [N, hidden]`` its product with the first layer's point weights, ``features = pre + bias``
+    (:meth:`ForwardDeformation.point_features`)."""
 
-    x: Tensor
     sin: Tensor
     cos: Tensor
     pre: Tensor
@@ -95,11 +94,6 @@ class ForwardDeformation(nn.Module):
         nn.init.zeros_(self.out.weight)  # starts as the identity map (offsets 0)
         nn.init.zeros_(self.out.bias)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """``[..., 3] -> [..., 3 + 6F]``: the position and its sines and cosines."""
-        a = (x[..., None] * self.freqs).flatten(-2)  # [..., 3F]
-        return torch.cat([x, torch.sin(a), torch.cos(a)], -1)
-
     def forward(self, x_canonical: Tensor, cond: Tensor) -> Tensor:
         if x_canonical.dim() != 3 or x_canonical.shape[-1] != 3:
             raise InputError(f"x_canonical must be [B, N, 3], got {tuple(x_canonical.shape)}")
@@ -113,8 +107,7 @@ class ForwardDeformation(nn.Module):
 
         ``forward(x, cond) == offsets_at(point_features(x), cond)``: for points that stay fixed while the codes
         change (a mesh's canonical vertices, one identity's landmarks) compute it once."""
-        w0 = self.layers[0].weight
-        return self.encode(x_canonical) @ w0[:, :self._d_points].T + self.layers[0].bias
+        return self.point_encoding(x_canonical).features
 
     def offsets_at(self, features: Tensor, cond: Tensor, chunk: int = POINT_CHUNK) -> Tensor:
         """Offsets ``[B, N, 3]`` (model units) of points given by their :meth:`point_features` ``[B, N, hidden]``
@@ -139,12 +132,13 @@ class ForwardDeformation(nn.Module):
         return 3 + 6 * self.cfg.n_frequencies
 
     def point_encoding(self, x: Tensor) -> PointEncoding:
-        """``[N, 3]`` canonical points -> what :meth:`jacobians` and :meth:`offsets_at` need of them alone, for
+        """``[..., N, 3]`` canonical points -> what :meth:`jacobians` and :meth:`offsets_at` need of them alone:
+        the position's sines and cosines and their product with the first layer's point weights. Keep it for
         points that stay fixed over many calls (one identity's landmarks through a video's frame fits)."""
-        a = (x[..., None] * self.freqs).flatten(-2)  # [N, 3F], index coordinate * F + frequency
+        a = (x[..., None] * self.freqs).flatten(-2)  # [..., 3F], index coordinate * F + frequency
         sin, cos = torch.sin(a), torch.cos(a)
         pre = torch.cat([x, sin, cos], -1) @ self.layers[0].weight[:, :self._d_points].T
-        return PointEncoding(x=x, sin=sin, cos=cos, pre=pre, features=pre + self.layers[0].bias)
+        return PointEncoding(sin=sin, cos=cos, pre=pre, features=pre + self.layers[0].bias)
 
     def jacobians(self, x: Tensor, cond: Tensor, encoding: Optional[PointEncoding] = None
                   ) -> tuple[Tensor, Tensor, Tensor]:

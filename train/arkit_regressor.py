@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from model.arkit import arkit_from_ict
+from train.landmark_mlp import LandmarkMlpTrainConfig
 
 CHUNK = 250
 BLINK_PROBABILITY = 0.3
@@ -153,20 +154,8 @@ def load_arkit_data(*data_dirs: str | Path) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
-class ArkitTrainConfig:
-    data_dir: str
-    out_path: str
-    extra_data: tuple[str, ...] = ()
-    """More sample folders; the held-out samples are the last of ``data_dir``."""
-    steps: int = 6000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    jitter_px: float = 0.5
-    heldout: int = 500
-    hidden: int = 512
-    layers: int = 3
-    seed: int = 0
+class ArkitTrainConfig(LandmarkMlpTrainConfig):
+    """``nphm-train arkit-regressor``: the shared landmark-reader settings, nothing more."""
 
 
 def curve_report(pred: np.ndarray, truth: np.ndarray, moves: float = 0.2) -> dict:

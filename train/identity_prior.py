@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from model.errors import InputError
+from train.landmark_mlp import LandmarkMlpTrainConfig
 
 
 def data_identities(data_dir: str | Path, kit: Any) -> list[np.ndarray]:
@@ -113,27 +114,16 @@ def ict_face_basis(kit: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class IdentityPriorTrainConfig:
-    data_dir: str
-    out_path: str
-    extra_data: tuple[str, ...] = ()
-    """More sample folders; the held-out samples are the last of ``data_dir``."""
+class IdentityPriorTrainConfig(LandmarkMlpTrainConfig):
+    """``nphm-train identity-prior``: the shared landmark-reader settings, and the head and centre's."""
+
     head_path: Optional[str] = None
     data_seed: int = 1
     """Seed of the head's ``nphm-train data heads`` command (its training identities' ICT weights)."""
     identities: int = 80
     """Identities of that command."""
-    steps: int = 6000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    jitter_px: float = 0.5
-    heldout: int = 500
-    hidden: int = 512
-    layers: int = 3
     ridge: float = 10.0
     centre_steps: int = 300
-    seed: int = 0
     ict_path: Optional[str] = None
 
 

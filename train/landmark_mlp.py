@@ -4,12 +4,32 @@ pixel jitter on the inputs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from model.errors import InputError
+
+
+@dataclass
+class LandmarkMlpTrainConfig:
+    """Settings every landmark reader's training shares (:func:`fit_landmark_mlp` and its data)."""
+
+    data_dir: str
+    out_path: str
+    extra_data: tuple[str, ...] = ()
+    """More sample folders; the held-out samples are the last of ``data_dir``."""
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    jitter_px: float = 0.5
+    heldout: int = 500
+    hidden: int = 512
+    layers: int = 3
+    seed: int = 0
 
 
 def split_heldout(landmarks: Tensor, targets: Tensor, heldout: int, batch_size: int, source: str

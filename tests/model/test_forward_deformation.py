@@ -83,8 +83,9 @@ def random_tiny(dtype=torch.float64) -> ForwardDeformation:
 
 
 def concatenated_forward(m: ForwardDeformation, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """Reference twin: the network on the concatenated input ``[encode(x), cond]``, one pass."""
-    h = torch.cat([m.encode(x), cond[:, None].expand(-1, x.shape[1], -1)], -1)
+    """Reference twin: the network on the concatenated input ``[x, sin, cos, cond]``, one pass."""
+    a = (x[..., None] * m.freqs).flatten(-2)
+    h = torch.cat([x, torch.sin(a), torch.cos(a), cond[:, None].expand(-1, x.shape[1], -1)], -1)
     for layer in m.layers:
         h = torch.relu(layer(h))
     return m.out(h) * m.cfg.output_scale

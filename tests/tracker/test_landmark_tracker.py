@@ -116,12 +116,14 @@ def test_the_regressed_centre_holds_the_identity_closer():
         torch.zeros(3))} == base
 
 
-def test_a_long_identity_window_poses_evenly_spaced_frames(models):
-    """identity_frames 20 with identity_poses 4: the prior reads all 20 face frames, the keyframes come from the
-    4 evenly spaced ones that got a PnP pose."""
+def test_a_long_identity_window_poses_evenly_spaced_frames(models, monkeypatch):
+    """identity_frames 20 with identity_poses 4: the prior reads all 20 face frames, only the 4 evenly spaced
+    ones get a PnP pose, and the keyframes come from those."""
     from types import SimpleNamespace
 
+    import tracker.landmark_tracker as lt
     from model.errors import InputError
+    from model.identity_prior import default_identity_prior
     from tracker.crop import CropConfig, crop_frames
     from tracker.decode import open_video
     from tracker.landmark_tracker import LandmarkStrategy, LandmarkTracker
@@ -132,10 +134,17 @@ def test_a_long_identity_window_poses_evenly_spaced_frames(models):
         crops = [c for _, c in zip(range(20), crop_frames(stream, CropConfig().setup(), "example"))]
     window = [SimpleNamespace(crop=c) for c in crops]
     strategy = LandmarkStrategy(identity_frames=20, identity_poses=4, keyframes=2)
+    prior = default_identity_prior()
+    read, posed_points = [], []
+    monkeypatch.setattr(prior, "pooled", lambda lms, pooled=prior.pooled: read.append(len(lms)) or pooled(lms))
+    start = lt.start_state
+    monkeypatch.setattr(lt, "start_state", lambda rig, shared, obs: posed_points.append(obs.points) or
+                        start(rig, shared, obs))
     tracker = LandmarkTracker(models.layer, models.codes, models.landmarks, strategy, K, _Clock(),
-                              forward=models.forward, identity_prior=models.identity_prior)
+                              forward=models.forward, identity_prior=prior)
     tracker.estimate_identity(window)
     faces = [c.index for c in crops if c.landmarks is not None]
+    assert read == [len(faces)] and len(posed_points) == 4
     posed = {faces[i] for i in np.linspace(0, len(faces) - 1, 4).round().astype(int)}
     assert len(tracker.keyframes) == 2 and set(tracker.keyframes) <= posed
     assert tracker.z_id is not None and np.isfinite(tracker.z_id.numpy()).all()
