@@ -83,6 +83,8 @@ class Baker:
             inversion; ``"inverse"``: the backward field is inverted per frame, started from the forward
             prediction when there is one (else warm-started from the previous frame, which keeps an open
             mouth's lips nearly together: see :mod:`model.forward_deformation`).
+        topology: the mesh, when it was extracted already (:func:`export_topology` of the same arguments:
+            :mod:`tracker.background` extracts it in another process); ``None``: extracted here.
 
     :meth:`vertices` is stateful: each call starts from the previous call's solution and its inverse
     Jacobians (Broyden), so call it in frame order (or :meth:`reset` after a jump). Vertices are in model
@@ -91,7 +93,7 @@ class Baker:
 
     def __init__(self, layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
                  bbox_max: Sequence[float], resolution: int = 128, max_iter: int = 20, tol: float = 1e-4,
-                 forward: Any = None, posing: str | None = None) -> None:
+                 forward: Any = None, posing: str | None = None, topology: FixedTopology | None = None) -> None:
         if z_id.dim() != 2 or len(z_id) != 1:
             raise InputError(f"z_id must be [1, D_id], got {list(z_id.shape)}")
         if z_neutral.dim() != 2 or len(z_neutral) != 1:
@@ -102,9 +104,8 @@ class Baker:
         self.z_id = z_id.detach().float()  # [1, D_id]
         self.max_iter = int(max_iter)
         self.tol = float(tol)
-        with torch.no_grad():
-            self.topology = FixedTopology.extract(layer, self.z_id, z_neutral.detach().float(), bbox_min, bbox_max,
-                                                  resolution, band=MESH_BAND)
+        self.topology = topology if topology is not None else export_topology(layer, self.z_id, z_neutral, bbox_min,
+                                                                              bbox_max, resolution)
         self._features: Tensor | None = None  # [V, hidden] the forward network's per-vertex part (forward posing)
         if self.posing == "forward":
             with torch.no_grad():
@@ -176,6 +177,15 @@ class Baker:
         m[:3, :3] = axis_angle_to_matrix(p[:3]).numpy()
         m[:3, 3] = p[3:].numpy()
         return CV_TO_GL @ m if y_up else m
+
+
+def export_topology(layer: HeadLayer, z_id: Tensor, z_neutral: Tensor, bbox_min: Sequence[float],
+                    bbox_max: Sequence[float], resolution: int = 128) -> FixedTopology:
+    """The export mesh of identity ``z_id [1, D_id]``: marching cubes of its neutral head (``z_neutral
+    [1, D_ex]``) at ``resolution`` in the head's box, band :data:`MESH_BAND`, carried into canonical space."""
+    with torch.no_grad():
+        return FixedTopology.extract(layer, z_id.detach().float(), z_neutral.detach().float(), bbox_min, bbox_max,
+                                     resolution, band=MESH_BAND)
 
 
 def resolve_head(head: str | os.PathLike | None, recorded: str = "default") -> Path:

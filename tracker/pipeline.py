@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -43,7 +44,8 @@ from tqdm import tqdm
 from exporters import ExportResult, open_writer
 from model.errors import InputError
 from tracker.arkit import CurveSolver, track_curves, write_arkit
-from tracker.bake import RIGS, Baker, check_arkit_target, pca_options
+from tracker.background import MeshInBackground, can_fork
+from tracker.bake import RIGS, Baker, check_arkit_target, export_topology, pca_options
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
 from tracker.detect import import_backend
@@ -84,6 +86,9 @@ class TrackConfig:
         evidence: ``"landmarks"`` (default): the face landmarks of every frame drive the fit
             (:mod:`tracker.landmark_tracker`); ``"maps"``: the geometric encoders' normal and point maps
             (:class:`VideoTracker`; the earlier tracker, kept as an option: measured worse, see the README).
+        mesh_in_background: extract the identity's export mesh in a forked process while the frames are
+            fitted, where that can pay (:mod:`tracker.background`: Linux, two threads or more, a CPU device,
+            enough frames left); the output is the same either way.
     """
 
     decoder: str = "pyav"
@@ -98,6 +103,7 @@ class TrackConfig:
     max_frames: Optional[int] = None
     evidence: str = "landmarks"
     rig: Optional[str] = None
+    mesh_in_background: bool = True
 
     def __post_init__(self) -> None:
         if self.evidence not in EVIDENCE:
@@ -329,10 +335,13 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     records: list[FrameSolution] = []  # emitted solutions without payload (small: codes and pose per frame)
     fitted: list[Optional[FittedLandmarks]] = []  # the head's landmarks per emitted frame (landmark tracker)
     leading_gaps: list[CropResult] = []
-    state: dict = {"writer": None, "baker": None, "preview": None, "export": None}
-
+    state: dict = {"writer": None, "baker": None, "preview": None, "export": None, "background": None}
+    waiting: list[FrameSolution] = []  # released by the smoother while the mesh is extracted in the background
 
     def emit(sol: FrameSolution) -> None:
+        if state["baker"] is None:
+            waiting.append(sol)
+            return
         t = time.perf_counter()
         baker: Baker = state["baker"]
         vertices = baker.vertices(sol.z_ex[None]) if not arkit_out or state["preview"] is not None else None
@@ -364,6 +373,22 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         for ready in smoother.push(tracker.solve(item)):
             emit(ready)
 
+    def mesh_done(block: bool) -> None:
+        """Take the background mesh when it is there (or wait for it), build the baker, emit what waited."""
+        background: Optional[MeshInBackground] = state["background"]
+        if background is None or not (block or background.ready()):
+            return
+        t = time.perf_counter()
+        topology = background.result()  # None: the child failed, and the baker extracts the mesh here
+        state["background"] = None
+        if topology is None:
+            warnings.warn(f"{video}: the background mesh failed, extracting it here: {background.error}")
+        state["baker"] = _baker(models, tracker, cfg, topology)
+        clock.add("mesh", t)
+        for sol in waiting:
+            emit(sol)
+        waiting.clear()
+
     window: list[_Pending] = []
     total = info.frame_count if cfg.max_frames is None else min(info.frame_count or cfg.max_frames, cfg.max_frames)
     bar = tqdm(total=total or None, desc=Path(video).name, unit="frame", disable=not progress)
@@ -389,18 +414,20 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
                 window.append(item)
                 n_faces = sum(_has_face(p.crop, on_landmarks) for p in window)
                 if n_faces >= strategy.identity_frames or len(window) >= strategy.identity_wait:
-                    _start(tracker, window, state, models, cfg, clock)
+                    _start(tracker, window, state, models, cfg, clock, None if not total else total - crop.index - 1)
                     for p in window:
                         process(p)
                     window = []
             else:
                 process(item)
+            mesh_done(block=False)
             bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.2f}")
             t = time.perf_counter()
         if tracker.z_id is None and window:
-            _start(tracker, window, state, models, cfg, clock)
+            _start(tracker, window, state, models, cfg, clock, 0)
             for p in window:
                 process(p)
+        mesh_done(block=True)
         for ready in smoother.flush():
             emit(ready)
         if state["writer"] is not None:
@@ -410,6 +437,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
         if state["preview"] is not None:
             state["preview"].close()
     except BaseException:
+        if state["background"] is not None:
+            state["background"].close()
         if state["writer"] is not None:
             state["writer"].abort()
         if state["preview"] is not None:
@@ -465,12 +494,24 @@ def camera_vertices(vertices: np.ndarray, pose: torch.Tensor) -> np.ndarray:
 
 
 def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: Models, cfg: TrackConfig,
-           clock: _Clock) -> None:
+           clock: _Clock, frames_left: Optional[int]) -> None:
+    """The identity from the window, then its export mesh (marching cubes of its neutral head, once): in a
+    forked process while the frames are fitted where that can pay (:mod:`tracker.background`; ``frames_left``
+    after the window, ``None``: unknown), else here."""
     tracker.estimate_identity(window)
     t = time.perf_counter()
-    state["baker"] = Baker(models.layer, tracker.z_id, models.neutral_expression(), *models.bbox,
-                           resolution=cfg.export_resolution, forward=models.forward)
-    clock.add("mesh", t)  # marching cubes of the identity's neutral head, once
+    if cfg.mesh_in_background and torch.device(cfg.device).type == "cpu" and can_fork(frames_left):
+        z_id, z_neutral = tracker.z_id, models.neutral_expression()
+        state["background"] = MeshInBackground(
+            lambda: export_topology(models.layer, z_id, z_neutral, *models.bbox, cfg.export_resolution))
+    else:
+        state["baker"] = _baker(models, tracker, cfg)
+    clock.add("mesh", t)
+
+
+def _baker(models: Models, tracker: VideoTracker, cfg: TrackConfig, topology=None) -> Baker:
+    return Baker(models.layer, tracker.z_id, models.neutral_expression(), *models.bbox,
+                 resolution=cfg.export_resolution, forward=models.forward, topology=topology)
 
 
 def _build_track(records: list[FrameSolution], leading: list[CropResult], tracker,
