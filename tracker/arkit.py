@@ -93,6 +93,41 @@ class PersonalRig:
         return self.neutral + np.tensordot(w, self.offsets, axes=(-1, 0))
 
 
+@dataclass
+class SolvePoints:
+    """Where a :class:`CurveSolver` solves, and the identity's rig there (numpy only: it can cross processes).
+
+    Attributes:
+        index: ``[P]`` vertex ids of the solve (of the canonical vertices it was chosen from).
+        basis_mm: ``[52, P, 3]`` each target's displacement from the neutral rig there (mm).
+        neutral: ``[P, 3]`` the neutral rig there (model units).
+    """
+
+    index: np.ndarray
+    basis_mm: np.ndarray
+    neutral: np.ndarray
+
+    @classmethod
+    def choose(cls, layer: Any, forward: Any, z_id: Tensor, rig: ArkitRig, canonical: Tensor,
+               n_points: int = SOLVE_POINTS, seed: int = 0) -> "SolvePoints":
+        """Up to ``n_points`` vertices, drawn evenly from those the targets move by more than :data:`MOVES_MM`
+        among ``4 * n_points`` candidates of ``canonical [V, 3]`` (the targets are decoded at the candidates
+        only), for identity ``z_id [1, D_id]``."""
+        rng = np.random.default_rng(seed)
+        cand = np.arange(len(canonical))
+        if len(cand) > 4 * n_points:
+            cand = np.sort(rng.choice(cand, 4 * n_points, replace=False))
+        sub = PersonalRig.build(layer, forward, z_id.detach().float(), rig,
+                                canonical[torch.from_numpy(cand).to(canonical.device)])
+        moved = np.linalg.norm(sub.offsets, axis=-1).max(0) * MM_PER_UNIT  # [C] mm
+        keep = np.flatnonzero(moved > MOVES_MM)
+        if len(keep) == 0:
+            raise InputError("the ARKit rig's targets do not move this identity's mesh")
+        if len(keep) > n_points:
+            keep = np.sort(rng.choice(keep, n_points, replace=False))
+        return cls(index=cand[keep], basis_mm=sub.offsets[:, keep] * MM_PER_UNIT, neutral=sub.neutral[keep])
+
+
 class CurveSolver:
     """ARKit curves of expression codes for one identity (module docstring).
 
@@ -101,30 +136,23 @@ class CurveSolver:
         z_id: ``[1, D_id]`` the identity.
         rig: the head's rig asset.
         canonical: ``[V, 3]`` canonical vertices of the identity's mesh (:class:`model.topology.FixedTopology`).
-        n_points: vertices of the solve, drawn evenly from those the targets move by more than
-            :data:`MOVES_MM` among ``4 * n_points`` candidates (the targets are decoded at the candidates only).
+        n_points: vertices of the solve (:meth:`SolvePoints.choose`).
+        points: the solve's vertices when they were chosen already (:meth:`SolvePoints.choose` of the same
+            arguments: :mod:`tracker.background` does it in another process); ``None``: chosen here.
     """
 
     def __init__(self, layer: Any, forward: Any, z_id: Tensor, rig: ArkitRig, canonical: Tensor,
-                 n_points: int = SOLVE_POINTS, ridge: float = RIDGE, seed: int = 0) -> None:
+                 n_points: int = SOLVE_POINTS, ridge: float = RIDGE, seed: int = 0,
+                 points: Optional[SolvePoints] = None) -> None:
         self.layer, self.forward, self.rig = layer, forward, rig
         self.z_id = z_id.detach().float()
         self.all_canonical = canonical
-        rng = np.random.default_rng(seed)
-        cand = np.arange(len(canonical))
-        if len(cand) > 4 * n_points:
-            cand = np.sort(rng.choice(cand, 4 * n_points, replace=False))
-        sub = PersonalRig.build(layer, forward, self.z_id, rig, canonical[torch.from_numpy(cand).to(canonical.device)])
-        moved = np.linalg.norm(sub.offsets, axis=-1).max(0) * MM_PER_UNIT  # [C] mm
-        keep = np.flatnonzero(moved > MOVES_MM)
-        if len(keep) == 0:
-            raise InputError("the ARKit rig's targets do not move this identity's mesh")
-        if len(keep) > n_points:
-            keep = np.sort(rng.choice(keep, n_points, replace=False))
-        self.index = cand[keep]  # [P] vertex ids of the solve
+        if points is None:
+            points = SolvePoints.choose(layer, forward, self.z_id, rig, canonical, n_points, seed)
+        self.index = points.index  # [P] vertex ids of the solve
         self.canonical = canonical[torch.from_numpy(self.index).to(canonical.device)].float()  # [P, 3]
-        self.basis_mm = sub.offsets[:, keep] * MM_PER_UNIT  # [52, P, 3]
-        self.neutral = sub.neutral[keep]  # [P, 3]
+        self.basis_mm = points.basis_mm  # [52, P, 3]
+        self.neutral = points.neutral  # [P, 3]
         self.ridge = float(ridge)
         self._personal: Optional[PersonalRig] = None
 

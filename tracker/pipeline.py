@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from exporters import ExportResult, open_writer
 from model.errors import InputError
-from tracker.arkit import CurveSolver, track_curves, write_arkit
-from tracker.background import MeshInBackground, can_fork
+from tracker.arkit import CurveSolver, SolvePoints, track_curves, write_arkit
+from tracker.background import InBackground, can_fork, topology_from_arrays, topology_to_arrays
 from tracker.bake import RIGS, Baker, check_arkit_target, export_topology, pca_options
 from tracker.crop import CropConfig, CropResult, crop_frames
 from tracker.decode import open_video
@@ -86,9 +86,9 @@ class TrackConfig:
         evidence: ``"landmarks"`` (default): the face landmarks of every frame drive the fit
             (:mod:`tracker.landmark_tracker`); ``"maps"``: the geometric encoders' normal and point maps
             (:class:`VideoTracker`; the earlier tracker, kept as an option: measured worse, see the README).
-        mesh_in_background: extract the identity's export mesh in a forked process while the frames are
-            fitted, where that can pay (:mod:`tracker.background`: Linux, two threads or more, a CPU device,
-            enough frames left); the output is the same either way.
+        mesh_in_background: compute the identity's export mesh and curve-solver points in a forked process
+            while the frames are fitted, where that can pay (:mod:`tracker.background`: Linux, two threads or
+            more, a CPU device, enough frames left); the output is the same either way.
     """
 
     decoder: str = "pyav"
@@ -335,7 +335,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     records: list[FrameSolution] = []  # emitted solutions without payload (small: codes and pose per frame)
     fitted: list[Optional[FittedLandmarks]] = []  # the head's landmarks per emitted frame (landmark tracker)
     leading_gaps: list[CropResult] = []
-    state: dict = {"writer": None, "baker": None, "preview": None, "export": None, "background": None}
+    state: dict = {"writer": None, "baker": None, "preview": None, "export": None, "background": None,
+                   "solve_points": None}
     waiting: list[FrameSolution] = []  # released by the smoother while the mesh is extracted in the background
 
     def emit(sol: FrameSolution) -> None:
@@ -374,15 +375,18 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             emit(ready)
 
     def mesh_done(block: bool) -> None:
-        """Take the background mesh when it is there (or wait for it), build the baker, emit what waited."""
-        background: Optional[MeshInBackground] = state["background"]
+        """Take the background's mesh when it is there (or wait for it), build the baker, emit what waited."""
+        background: Optional[InBackground] = state["background"]
         if background is None or not (block or background.ready()):
             return
         t = time.perf_counter()
-        topology = background.result()  # None: the child failed, and the baker extracts the mesh here
+        assets = background.result()  # None: the child failed, and the work is done here
         state["background"] = None
-        if topology is None:
+        topology = None
+        if assets is None:
             warnings.warn(f"{video}: the background mesh failed, extracting it here: {background.error}")
+        else:
+            topology, state["solve_points"] = topology_from_arrays(assets[0]), assets[1]
         state["baker"] = _baker(models, tracker, cfg, topology)
         clock.add("mesh", t)
         for sol in waiting:
@@ -453,7 +457,8 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     solver = None
     if models.arkit_rig is not None and models.forward is not None:
         solver = track_curves(track, CurveSolver(models.layer, models.forward, tracker.z_id, models.arkit_rig,
-                                                 state["baker"].topology.canonical_vertices),
+                                                 state["baker"].topology.canonical_vertices,
+                                                 points=state["solve_points"]),
                               models.arkit_regressor)
     if arkit_out:
         state["export"] = write_arkit(out, track, solver.personal, state["baker"].faces, with_pose=cfg.with_pose,
@@ -495,18 +500,28 @@ def camera_vertices(vertices: np.ndarray, pose: torch.Tensor) -> np.ndarray:
 
 def _start(tracker: VideoTracker, window: list[_Pending], state: dict, models: Models, cfg: TrackConfig,
            clock: _Clock, frames_left: Optional[int]) -> None:
-    """The identity from the window, then its export mesh (marching cubes of its neutral head, once): in a
-    forked process while the frames are fitted where that can pay (:mod:`tracker.background`; ``frames_left``
-    after the window, ``None``: unknown), else here."""
+    """The identity from the window, then its export assets (:func:`_export_assets`, once): in a forked
+    process while the frames are fitted where that can pay (:mod:`tracker.background`; ``frames_left`` after
+    the window, ``None``: unknown), else the mesh here and the curve solver's points at the end."""
     tracker.estimate_identity(window)
     t = time.perf_counter()
     if cfg.mesh_in_background and torch.device(cfg.device).type == "cpu" and can_fork(frames_left):
-        z_id, z_neutral = tracker.z_id, models.neutral_expression()
-        state["background"] = MeshInBackground(
-            lambda: export_topology(models.layer, z_id, z_neutral, *models.bbox, cfg.export_resolution))
+        z_id = tracker.z_id
+        state["background"] = InBackground(lambda: _export_assets(models, z_id, cfg))
     else:
         state["baker"] = _baker(models, tracker, cfg)
     clock.add("mesh", t)
+
+
+def _export_assets(models: Models, z_id: torch.Tensor, cfg: TrackConfig) -> tuple[dict, Optional[SolvePoints]]:
+    """What the export needs of identity ``z_id [1, D_id]`` alone, as numpy (it may cross processes): its mesh
+    (:func:`tracker.background.topology_to_arrays` of :func:`tracker.bake.export_topology`) and the curve
+    solver's points (``None`` without an ARKit rig)."""
+    topology = export_topology(models.layer, z_id, models.neutral_expression(), *models.bbox, cfg.export_resolution)
+    points = None
+    if models.arkit_rig is not None and models.forward is not None:
+        points = SolvePoints.choose(models.layer, models.forward, z_id, models.arkit_rig, topology.canonical_vertices)
+    return topology_to_arrays(topology), points
 
 
 def _baker(models: Models, tracker: VideoTracker, cfg: TrackConfig, topology=None) -> Baker:

