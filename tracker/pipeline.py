@@ -130,6 +130,9 @@ class TrackResult:
     seconds: float
     stage_seconds: dict[str, float]
     export: Optional[ExportResult] = None
+    background_seconds: Optional[float] = None
+    """Seconds the forked child took for the export assets, beside the stages (:mod:`tracker.background`;
+    its wait, if any, is the ``"mesh"`` stage); ``None``: they were made in this process."""
 
     @property
     def fps(self) -> float:
@@ -336,7 +339,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     fitted: list[Optional[FittedLandmarks]] = []  # the head's landmarks per emitted frame (landmark tracker)
     leading_gaps: list[CropResult] = []
     state: dict = {"writer": None, "baker": None, "preview": None, "export": None, "background": None,
-                   "solve_points": None}
+                   "solve_points": None, "background_seconds": None}
     waiting: list[FrameSolution] = []  # released by the smoother while the mesh is extracted in the background
 
     def emit(sol: FrameSolution) -> None:
@@ -387,6 +390,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
             warnings.warn(f"{video}: the background mesh failed, extracting it here: {background.error}")
         else:
             topology, state["solve_points"] = topology_from_arrays(assets[0]), assets[1]
+            state["background_seconds"] = background.child_seconds
         state["baker"] = _baker(models, tracker, cfg, topology)
         clock.add("mesh", t)
         for sol in waiting:
@@ -473,7 +477,7 @@ def track_video(video: str | os.PathLike, out: Optional[str | os.PathLike] = Non
     return TrackResult(out=out, track_path=track_path, preview=preview, track=track, frames=len(status),
                        tracked=int((status == "tracked").sum()), held=int((status == "held").sum()),
                        gaps=int((status == "gap").sum()), seconds=seconds, stage_seconds=clock.seconds,
-                       export=state["export"])
+                       export=state["export"], background_seconds=state["background_seconds"])
 
 
 def track_video_quietly(video: str | os.PathLike, out: str | os.PathLike, **kwargs) -> TrackResult:

@@ -9,6 +9,11 @@ reference: the milliseconds of a 2048x2048 float32 matrix product on the same th
 
     python tests/benchmarks/bench_cli_speed.py             # 5 runs, default settings, USD out
     python tests/benchmarks/bench_cli_speed.py --runs 9 --threads 1
+
+``--against DIR`` runs another checkout of the project (say ``git worktree add /tmp/old <commit>``) in turn
+with this one, run for run, so that both see the same drift; its figures are printed under ``"against"``::
+
+    python tests/benchmarks/bench_cli_speed.py --runs 7 --against /tmp/old
 """
 
 from __future__ import annotations
@@ -29,15 +34,15 @@ EXAMPLE = ROOT / "examples" / "synthetic_head" / "video_0000.mp4"
 REPORTED = re.compile(r"wrote .*?; ([0-9.]+) fps\)")
 
 
-def run_once(out: Path, threads: int | None) -> tuple[float, float]:
-    """``(reported fps, wall seconds)`` of one CLI run."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_once(out: Path, threads: int | None, root: Path = ROOT) -> tuple[float, float]:
+    """``(reported fps, wall seconds)`` of one CLI run of the checkout at ``root``."""
+    env = dict(os.environ, PYTHONPATH=str(root))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-c", "import sys; from tracker.cli import main; sys.argv[0] = 'nphm-track'; main()",
            str(EXAMPLE), "--out", str(out)]  # the README's command, progress bar and all
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - start
     found = REPORTED.search(proc.stdout + proc.stderr)
     if proc.returncode != 0 or found is None:
@@ -65,20 +70,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs [default: all cores]")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another checkout of the project, run in turn with this one (module docstring)")
     args = ap.parse_args()
-    fps, wall, reference = [], [], []
+    roots = {"this": ROOT} if args.against is None else {"this": ROOT, "against": args.against.resolve()}
+    fps: dict = {k: [] for k in roots}
+    wall: dict = {k: [] for k in roots}
+    reference = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
             reference.append(reference_ms(args.threads))
-            f, w = run_once(Path(tmp) / "anim.usd", args.threads)
-            fps.append(f)
-            wall.append(w)
-    print(json.dumps({"bench": "cli_speed", "clip": EXAMPLE.name, "frames": 75, "threads": args.threads or os.cpu_count(),
-                      "runs": args.runs, "fps_reported_median": round(statistics.median(fps), 2),
-                      "fps_reported_min": min(fps), "fps_reported_max": max(fps), "fps_reported": fps,
-                      "wall_seconds_median": round(statistics.median(wall), 2),
-                      "wall_seconds": [round(w, 2) for w in wall],
-                      "reference_matmul_ms": reference}))
+            for k, root in roots.items():
+                f, w = run_once(Path(tmp) / "anim.usd", args.threads, root)
+                fps[k].append(f)
+                wall[k].append(w)
+    out = {"bench": "cli_speed", "clip": EXAMPLE.name, "frames": 75, "threads": args.threads or os.cpu_count(),
+           "runs": args.runs, **summary(fps["this"], wall["this"]), "reference_matmul_ms": reference}
+    if args.against is not None:
+        out["against"] = {"checkout": str(args.against), **summary(fps["against"], wall["against"])}
+    print(json.dumps(out))
+
+
+def summary(fps: list[float], wall: list[float]) -> dict:
+    return {"fps_reported_median": round(statistics.median(fps), 2), "fps_reported_min": min(fps),
+            "fps_reported_max": max(fps), "fps_reported": fps, "wall_seconds_median": round(statistics.median(wall), 2),
+            "wall_seconds": [round(w, 2) for w in wall]}
 
 
 if __name__ == "__main__":

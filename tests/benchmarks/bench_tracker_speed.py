@@ -5,7 +5,9 @@ so the face moves continuously), tracks it with the default settings into a USD 
 process's resident memory every 0.2 s. Memory must not grow with the clip's length: the figure printed is
 the peak RSS and the RSS growth between 20 % and 100 % of the run. Stages (``TrackResult.stage_seconds``) are
 printed per frame and in total: the once-only ones (setup, identity, mesh, track file) are in both, and
-``seconds_outside_stages`` is the rest of the run.
+``seconds_outside_stages`` is the rest of the run. With two threads or more the identity's mesh and curve
+points are made in a forked child while frames are fitted (:mod:`tracker.background`): its seconds and peak
+memory are printed beside the stages (``background_seconds``, ``background_rss_mb_peak``).
 
 Prints one JSON line::
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import sys
 import tempfile
 import threading
@@ -106,6 +109,9 @@ def main() -> None:
             "rss_mb_peak": round(float(m.max()), 1), "rss_mb_at_20pct": round(at(0.2), 1),
             "rss_mb_at_50pct": round(at(0.5), 1), "rss_mb_at_80pct": round(at(0.8), 1),
             "rss_mb_at_end": round(float(m[-1]), 1),
+            "background_seconds": None if res.background_seconds is None else round(res.background_seconds, 2),
+            "background_rss_mb_peak": (round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+                                       if res.background_seconds is not None else None),
             "output_mb": round(res.export.bytes_written / 1e6, 2)}))
 
 

@@ -101,6 +101,7 @@ def test_track_video_is_the_same_with_the_mesh_in_background(models, tmp_path, m
             warnings.simplefilter("always")
             res = pipeline.track_video(EXAMPLE, tmp_path / f"{background}.npz", cfg, models=models, progress=False)
         assert res.tracked == n
+        assert (res.background_seconds is not None) == (background and child == "works")
         assert any("background mesh failed" in str(w.message) for w in caught) == (background and child == "fails")
         outs[background] = dict(np.load(res.out)), dict(np.load(res.track_path, allow_pickle=True))
     assert started == [True]  # once, and only when asked
