@@ -535,12 +535,18 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
 @click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True,
               help="Regressor steps (batches of 128); more over-fits 18,000 samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--map-identities", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random ICT identities registered in 3D to fit the ICT -> identity-coordinates map beside the "
+                   "head's training identities (about 3.5 s each on two threads).")
+@click.option("--map-cache", type=click.Path(dir_okay=False), default=None,
+              help="An .npz keeping those registrations (a rerun resumes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--ict", "ict_path", type=click.Path(), default=None,
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, head_path: str | None, data_seed: int,
-                   identities: int, steps: int, seed: int, threads: int | None, ict_path: str | None) -> None:
+                   identities: int, steps: int, seed: int, map_identities: int, map_cache: str | None,
+                   threads: int | None, ict_path: str | None) -> None:
     """The landmark tracker's identity prior (model/identity_prior.py): the head model's code for ICT's mean
     head, and a regressor of the identity from one frame's landmarks (train/identity_prior.py)."""
     from train.identity_prior import IdentityPriorTrainConfig, train_identity_prior
@@ -551,7 +557,8 @@ def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, he
         torch.set_num_threads(threads)
     train_identity_prior(IdentityPriorTrainConfig(data_dir=data_dir, out_path=out_path, extra_data=tuple(extra_data),
                                                   head_path=head_path, data_seed=data_seed, identities=identities,
-                                                  steps=steps, seed=seed, ict_path=ict_path), log=click.echo)
+                                                  steps=steps, seed=seed, map_identities=map_identities,
+                                                  map_cache=map_cache, ict_path=ict_path), log=click.echo)
 
 
 @main.command("landmark-regressor")

@@ -48,6 +48,9 @@ class RegisterConfig:
     lambda_id: float = 1e-4
     lambda_ex: float = 1e-4
     fit_identity: bool = True
+    fit_expression: bool = True
+    """False: the expression stays at ``z_ex_init`` (an identity's best code at a given expression, e.g. its
+    neutral one)."""
     seed: int = 0
 
 
@@ -81,8 +84,10 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
     g = torch.Generator().manual_seed(cfg.seed)
     z_id = z_id_init.detach().clone().reshape(1, -1).requires_grad_(cfg.fit_identity)
     z_ex = (torch.zeros(1, layer.cfg.expr_dim) if z_ex_init is None
-            else z_ex_init.detach().clone().reshape(1, -1)).requires_grad_(True)
-    params = [z_ex] + ([z_id] if cfg.fit_identity else [])
+            else z_ex_init.detach().clone().reshape(1, -1)).requires_grad_(cfg.fit_expression)
+    params = ([z_ex] if cfg.fit_expression else []) + ([z_id] if cfg.fit_identity else [])
+    if not params:
+        raise InputError("register_points: nothing to fit (fit_identity and fit_expression are both off)")
     opt = torch.optim.Adam(params, lr=cfg.lr)
     t0 = time.perf_counter()
     n = surface_points.shape[0]
@@ -90,7 +95,9 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
         for step in range(cfg.steps):
             idx = torch.randint(0, n, (min(cfg.points_per_step, n),), generator=g)
             sdf = layer(surface_points[idx][None], z_id, z_ex).sdf
-            loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum() + cfg.lambda_ex * z_ex.square().sum()
+            loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum()
+            if cfg.fit_expression:
+                loss = loss + cfg.lambda_ex * z_ex.square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

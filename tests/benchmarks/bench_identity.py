@@ -14,6 +14,16 @@ keyframe fit; the identity window's length in face frames, of the first ``--fram
 
 ``centre_vs_ict_mean_head_mm``: the Chamfer of the learned prior's centre code against ICT's mean head.
 
+``--registered``: also the head model's own floor per video, the identity code registered in 3D to the true
+neutral head's evaluated surface (:func:`train.registration.register_points`, the expression held at the
+neutral code, started from the prior's centre): no tracker can do better with this head model, so a video
+whose registered ratio misses a target says the head model, not the tracker, is short.
+
+``--oracle``: also the true ICT identity weights through the prior's map to the head's codes
+(:meth:`model.identity_prior.IdentityPrior.alpha_of`): what the prior would give were its regressor perfect.
+``--prior PATH`` evaluates another identity prior checkpoint (``nphm-train identity-prior``) in place of the
+shipped one.
+
 ``--real CLIP`` (repeatable): the identity fitted from ``--subsets`` windows spread over the clip
 (``identity_frames`` frames each, starting at 0, 1/n, ... of its length); the spread is the mean distance
 (mm) of each window's 478 canonical landmarks from their mean over windows.
@@ -41,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from train.geometry import surface_topology  # noqa: E402
 from train.ict import default_ict_path, load_ict  # noqa: E402
 from train.metrics import MM_PER_UNIT  # noqa: E402
+from train.registration import RegisterConfig, register_points  # noqa: E402
 from train.single_view_eval import evaluate_reconstruction, extract_head, ground_truth_surface  # noqa: E402
 from tracker.crop import CropConfig, crop_frames  # noqa: E402
 from tracker.decode import open_video  # noqa: E402
@@ -99,12 +110,22 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=4, help="identity windows per real clip")
     ap.add_argument("--resolution", type=int, default=96, help="marching cubes of the evaluated heads")
     ap.add_argument("--samples", type=int, default=30_000, help="Chamfer samples each way")
+    ap.add_argument("--registered", action="store_true", help="also the 3D-registered code: the head model's floor")
+    ap.add_argument("--registered-steps", type=int, default=RegisterConfig().steps)
+    ap.add_argument("--oracle", action="store_true", help="also the true ICT weights through the prior's map")
+    ap.add_argument("--prior", type=Path, default=None, help="an identity prior checkpoint [default: shipped]")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     priors = [p for p in args.priors.split(",") if p]
     models = Models.load()
+    if args.prior is not None:
+        from model.identity_prior import load_identity_prior
+
+        models.identity_prior = load_identity_prior(args.prior)[0]
+        if not models.identity_prior.fits(models.landmarks.landmark_map):
+            raise SystemExit(f"{args.prior}: made for another landmark map")
     strategies = {p: LandmarkStrategy(identity_prior=p) for p in priors}
     if args.id_weights:
         strategies = {f"{p}@{w}": LandmarkStrategy(identity_prior=p, identity_stages=with_id_weight(float(w)),
@@ -114,7 +135,8 @@ def main() -> None:
         strategies = {f"{p}/{n}f": replace(strat, identity_frames=int(n), identity_wait=max(int(n), strat.identity_wait))
                       for p, strat in strategies.items() for n in args.identity_frames.split(",")}
     priors = list(strategies)
-    out: dict = {"bench": "identity", "priors": priors, "identity_prior_loaded": models.identity_prior is not None}
+    out: dict = {"bench": "identity", "priors": priors, "identity_prior_loaded": models.identity_prior is not None,
+                 "prior_path": str(args.prior) if args.prior else "shipped"}
     kit = load_ict(default_ict_path())
     topo = surface_topology(kit.triangles, kit.n_vertices)
     zero_ex = np.zeros(kit.n_expression, np.float32)
@@ -140,12 +162,20 @@ def main() -> None:
             mm = chamfer(models, fitted_identity(models, crops, K, strat), truth, region, args.resolution,
                          args.samples)
             row[p] = {"neutral_chamfer_mm": round(mm, 3), "ratio": round(mm / ref, 3)}
+        if args.oracle:
+            z = models.landmarks.landmark_map.code_of(models.identity_prior.alpha_of(torch.as_tensor(gt["w_id"])))[None]
+            mm = chamfer(models, z, truth, region, args.resolution, args.samples)
+            row["oracle"] = {"neutral_chamfer_mm": round(mm, 3), "ratio": round(mm / ref, 3)}
+        if args.registered:
+            z = registered_identity(models, truth, region, args.registered_steps)
+            mm = chamfer(models, z, truth, region, args.resolution, args.samples)
+            row["registered"] = {"neutral_chamfer_mm": round(mm, 3), "ratio": round(mm / ref, 3)}
         per_video.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     if per_video:
         summary = {}
         turning = [r for r in per_video if r["window_max_abs_yaw_deg"] >= args.turn]
-        for p in priors:
+        for p in priors + (["oracle"] if args.oracle else []) + (["registered"] if args.registered else []):
             ratios = np.array([r[p]["ratio"] for r in per_video])
             summary[p] = {"mean_ratio": round(float(ratios.mean()), 3), "worst_ratio": round(float(ratios.max()), 3),
                           "mean_mm": round(float(np.mean([r[p]["neutral_chamfer_mm"] for r in per_video])), 3)}
@@ -178,6 +208,21 @@ def main() -> None:
     out["threads"] = args.threads
     out["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(out))
+
+
+def registered_identity(models: Models, truth, region, steps: int, points: int = 50_000) -> torch.Tensor:
+    """``[1, D_id]`` the identity code registered to points on the true head's evaluated triangles (the
+    expression held at the neutral code), started from the prior's centre (else the landmark map's origin)."""
+    import trimesh
+
+    faces = truth.triangles[region]
+    pts, _ = trimesh.sample.sample_surface(trimesh.Trimesh(truth.vertices, faces, process=False), points, seed=0)
+    start = (models.landmarks.landmark_map.code_of(models.identity_prior.centre) if models.identity_prior is not None
+             else models.landmarks.landmark_map.z0)
+    reg = register_points(models.layer, torch.as_tensor(pts, dtype=torch.float32),
+                          RegisterConfig(steps=steps, fit_expression=False), start.detach().float(),
+                          models.neutral_expression()[0])
+    return reg.z_id[None]
 
 
 def chamfer_mesh(mesh, truth, region, samples: int) -> float:

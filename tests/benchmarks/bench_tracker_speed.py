@@ -13,7 +13,7 @@ Prints one JSON line::
 
     python tests/benchmarks/bench_tracker_speed.py --frames 300 --threads 2
     python tests/benchmarks/bench_tracker_speed.py --frames 300 --threads 1   # the one-thread figure
-    python tests/benchmarks/bench_tracker_speed.py --frames 3000 --threads 2   # about 25 min on 2 cores
+    python tests/benchmarks/bench_tracker_speed.py --frames 3000 --threads 2   # about 4 min on 2 cores at 9ab9b43
 """
 
 from __future__ import annotations

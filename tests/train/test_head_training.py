@@ -105,6 +105,13 @@ def test_registration_lowers_surface_sdf(kit, heads_dir, tmp_path):
     assert reg.z_id.shape == (layer.cfg.id_dim,) and reg.z_ex.shape == (layer.cfg.expr_dim,)
     with pytest.raises(InputError):
         register_points(layer, pts[:, :2], RegisterConfig(steps=1), z0)
+    z_ex = torch.randn(layer.cfg.expr_dim) * 0.1  # an identity's best code at a given expression
+    held = register_points(layer, pts, RegisterConfig(steps=30, lr=2e-2, points_per_step=128, fit_expression=False),
+                           z0, z_ex)
+    torch.testing.assert_close(held.z_ex, z_ex, rtol=0, atol=0)
+    assert not torch.equal(held.z_id, z0)
+    with pytest.raises(InputError, match="nothing to fit"):
+        register_points(layer, pts, RegisterConfig(steps=1, fit_identity=False, fit_expression=False), z0)
 
 
 def test_norm_outliers_flags_the_far_code():

@@ -52,3 +52,30 @@ def test_ict_to_alpha_recovers_a_linear_map():
     np.testing.assert_allclose(ict_to_alpha(w, centre + w @ M, centre, ridge=1e-9), M, atol=1e-6)
     # the ridge shrinks towards the centre
     assert np.linalg.norm(ict_to_alpha(w, centre + w @ M, centre, ridge=1e4)) < np.linalg.norm(M)
+
+
+def test_registered_identities_resume_from_their_cache(tmp_path, kit, monkeypatch):
+    """The pairs of a longer run extend a shorter one's cache: the first identities are not registered again."""
+    import train.identity_prior as ip
+    from tracker.predict import Models
+
+    models = Models.load(encoders=False)
+    lmap, z_ex = models.landmarks.landmark_map, models.neutral_expression()
+    calls = []
+    real = ip.register_centre
+
+    def counted(*args, **kw):
+        calls.append(kw["seed"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ip, "register_centre", counted)
+    cache = tmp_path / "pairs.npz"
+    w2, a2 = ip.registered_identities(models.layer, lmap, z_ex, kit, 2, steps=2, batch=64, cache=cache, log=lambda m: None)
+    w3, a3 = ip.registered_identities(models.layer, lmap, z_ex, kit, 3, steps=2, batch=64, cache=cache, log=lambda m: None)
+    assert calls == [0, 1, 2]  # identity k registered once, with seed k
+    assert a2.shape == (2, lmap.rank) and a3.shape == (3, lmap.rank) and w3.shape == (3, kit.n_identity)
+    np.testing.assert_array_equal(w3[:2], w2)
+    np.testing.assert_array_equal(a3[:2], a2)
+    assert np.isfinite(a3).all() and not np.allclose(a3[0], a3[1])
+    with pytest.raises(InputError, match="other identities"):
+        ip.registered_identities(models.layer, lmap, z_ex, kit, 3, steps=2, batch=64, seed=5, cache=cache)
