@@ -29,6 +29,10 @@ import torch
 
 from model.topology import FixedTopology
 
+ANSWER_TIMEOUT_S = 300.0
+"""Seconds :meth:`InBackground.result` waits for the child before it gives up on it (a child that hangs, say on a
+lock another thread of the parent held at the fork, must not hang the run; the work takes 2-3 s here)."""
+
 MIN_FRAMES_LEFT = 24
 """Frames still to fit, below which the work stays in the parent: with fewer, the parent (on one thread fewer)
 would mostly wait for the child."""
@@ -66,11 +70,14 @@ class InBackground:
         """Whether the child has answered (:meth:`result` will not block)."""
         return self._process is None or self._conn.poll()
 
-    def result(self) -> Any:
-        """The child's value (blocks until it comes), or ``None`` when the child failed (``error`` says why);
-        the parent's threads are restored either way."""
+    def result(self, timeout: float = ANSWER_TIMEOUT_S) -> Any:
+        """The child's value (waits for it up to ``timeout`` seconds), or ``None`` when the child failed or did
+        not answer in time (``error`` says why; it is killed); the parent's threads are restored either way."""
         try:
-            message = self._conn.recv()
+            if not self._conn.poll(timeout):
+                message = ("error", f"the background process gave no answer in {timeout:g} s")
+            else:
+                message = self._conn.recv()
         except (EOFError, OSError):
             message = ("error", f"the background process ended without an answer (exit code "
                                 f"{self._process.exitcode})")

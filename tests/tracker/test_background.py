@@ -62,6 +62,22 @@ def test_a_failed_child_says_why_and_returns_none(extract, message):
     assert torch.get_num_threads() == threads
 
 
+def _sleeps() -> FixedTopology:
+    import time
+
+    time.sleep(60)
+
+
+@linux_only
+def test_a_child_that_does_not_answer_is_killed():
+    threads = torch.get_num_threads()
+    background = InBackground(_sleeps)
+    process = background._process
+    assert background.result(timeout=0.5) is None
+    assert "no answer in 0.5 s" in background.error
+    assert not process.is_alive() and torch.get_num_threads() == threads
+
+
 @linux_only
 def test_the_same_mesh_as_in_the_parent(models):
     z_id, z_neutral = models.codes["z_id"][3:4].float(), models.neutral_expression()
