@@ -46,6 +46,8 @@ class IdentityPriorConfig:
     """Whitened identity coordinates of the landmark map it belongs to."""
     hidden: int = 512
     layers: int = 3
+    """Hidden blocks of the reader; 0: a linear reader of the normalised landmarks (fitted in closed form by
+    ridge regression, :func:`train.identity_prior.fit_linear_reader`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,7 +65,7 @@ class IdentityPrior(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.body = landmark_mlp(cfg.n_landmarks, cfg.hidden, cfg.layers)
-        self.out = nn.Linear(cfg.hidden, cfg.n_ict)
+        self.out = nn.Linear(cfg.hidden if cfg.layers else 2 * cfg.n_landmarks, cfg.n_ict)
         self.register_buffer("centre", torch.zeros(cfg.rank))
         self.register_buffer("ict_to_alpha", torch.zeros(cfg.n_ict, cfg.rank))
         self.register_buffer("map_check", torch.zeros(2))

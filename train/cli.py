@@ -533,7 +533,11 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
 @click.option("--identities", type=click.IntRange(min=1), default=80, show_default=True,
               help="Identities of that command.")
 @click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True,
-              help="Regressor steps (batches of 128); more over-fits 18,000 samples.")
+              help="MLP reader steps (batches of 128; with --layers > 0); more over-fits 18,000 samples.")
+@click.option("--layers", type=click.IntRange(min=0), default=3, show_default=True,
+              help="The reader's hidden blocks (MLP); 0: a linear reader fitted in closed form (--reader-ridge).")
+@click.option("--reader-ridge", type=click.FloatRange(min=0.0), default=3000.0, show_default=True,
+              help="Ridge of the linear reader (standardised features): larger reads less identity, more stably.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--map-identities", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random ICT identities registered in 3D to fit the ICT -> identity-coordinates map beside the "
@@ -545,7 +549,7 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, head_path: str | None, data_seed: int,
-                   identities: int, steps: int, seed: int, map_identities: int, map_cache: str | None,
+                   identities: int, steps: int, layers: int, reader_ridge: float, seed: int, map_identities: int, map_cache: str | None,
                    threads: int | None, ict_path: str | None) -> None:
     """The landmark tracker's identity prior (model/identity_prior.py): the head model's code for ICT's mean
     head, and a regressor of the identity from one frame's landmarks (train/identity_prior.py)."""
@@ -557,7 +561,7 @@ def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, he
         torch.set_num_threads(threads)
     train_identity_prior(IdentityPriorTrainConfig(data_dir=data_dir, out_path=out_path, extra_data=tuple(extra_data),
                                                   head_path=head_path, data_seed=data_seed, identities=identities,
-                                                  steps=steps, seed=seed, map_identities=map_identities,
+                                                  steps=steps, layers=layers, reader_ridge=reader_ridge, seed=seed, map_identities=map_identities,
                                                   map_cache=map_cache, ict_path=ict_path), log=click.echo)
 
 

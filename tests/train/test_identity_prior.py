@@ -79,3 +79,31 @@ def test_registered_identities_resume_from_their_cache(tmp_path, kit, monkeypatc
     assert np.isfinite(a3).all() and not np.allclose(a3[0], a3[1])
     with pytest.raises(InputError, match="other identities"):
         ip.registered_identities(models.layer, lmap, z_ex, kit, 3, steps=2, batch=64, seed=5, cache=cache)
+
+
+def test_the_linear_reader_is_the_ridge_regression_of_the_normalised_landmarks():
+    import torch
+
+    from model.identity_prior import IdentityPrior, IdentityPriorConfig
+    from model.landmark_regressor import landmark_features
+    from train.identity_prior import fit_linear_reader
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(100, 400, (478, 2))
+    landmarks = torch.as_tensor(base + rng.normal(0, 2.0, (300, 478, 2)), dtype=torch.float32)
+    x = landmark_features(landmarks, 478).double().numpy()
+    M = rng.normal(size=(x.shape[1], 4))
+    targets = torch.as_tensor((x - x.mean(0)) @ M * 10 + 1.0, dtype=torch.float32)
+    model = IdentityPrior(IdentityPriorConfig(n_ict=4, rank=3, layers=0))
+    fit_linear_reader(model, landmarks, targets, ridge=1e-6)
+    with torch.no_grad():
+        pred = model(landmarks)
+    assert pred.shape == (300, 4)
+    np.testing.assert_allclose(pred.numpy(), targets.numpy(), atol=0.05 * float(targets.std()))
+    fit_linear_reader(model, landmarks, targets, ridge=1e10)  # a huge ridge reads the mean
+    with torch.no_grad():
+        np.testing.assert_allclose(model(landmarks).numpy(), targets.mean(0).expand(300, 4).numpy(), atol=0.05)
+    with pytest.raises(InputError, match="layers=0"):
+        fit_linear_reader(IdentityPrior(IdentityPriorConfig(n_ict=4, rank=3, hidden=8, layers=1)), landmarks,
+                          targets, 1.0)
