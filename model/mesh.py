@@ -16,8 +16,8 @@ the surface crosses is evaluated at all eight corners and the mesh equals the on
 whole grid. At the finest level, corners whose sign follows the same way from their parent cell's corners
 are evaluated only if a cell they bound changes sign (:meth:`_SparseGrid.corner_range`). On the shipped
 head at 128^3 (band 0.5) the mesh is the same as before these two refinements for six training
-identities, from 176k SDF calls instead of 370k. The grid itself is dense in memory (float32, ``resolution ** 3`` values), as marching cubes
-needs it; only the SDF calls are sparse and chunked.
+identities, from 176k SDF calls instead of 370k. The grid itself is dense in memory (float32,
+``resolution ** 3`` values), as marching cubes needs it; only the SDF calls are sparse and chunked.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def extract_mesh(
             the largest power of two voxels wide that gives at least this many samples. A value
             ``>= resolution`` evaluates the whole grid (no narrow band).
         band: refinement margin in cell diagonals: a cell is split when the SDF at one of its corners is
-            within ``band`` times its diagonal of ``level`` (and none is ``2 * band`` diagonals away). ``0.5`` is exact for a 1-Lipschitz SDF; the
-            default ``1.0`` keeps it exact for gradient norms up to 2 (learned SDFs are only roughly
-            distances). Larger is safer and slower.
+            within ``band`` times its diagonal of ``level`` (and none is ``2 * band`` diagonals away).
+            ``0.5`` is exact for a 1-Lipschitz SDF; the default ``1.0`` keeps it exact for gradient norms up
+            to 2 (learned SDFs are only roughly distances). Larger is safer and slower.
         level: the iso-value of the surface (model units).
         dtype, device: of the points given to ``sdf_fn``.
         largest_component: keep only the connected component with the most faces

@@ -549,8 +549,8 @@ def arkit_regressor(data_dir: str, out_path: str | None, samples: int, resolutio
               help="ICT-FaceKit npz or FaceXModel/ folder [default: NPHM_ICT or <shared>/ict-facekit].")
 @one_line_errors("nphm-train")
 def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, head_path: str | None, data_seed: int,
-                   identities: int, steps: int, layers: int, reader_ridge: float, seed: int, map_identities: int, map_cache: str | None,
-                   threads: int | None, ict_path: str | None) -> None:
+                   identities: int, steps: int, layers: int, reader_ridge: float, seed: int, map_identities: int,
+                   map_cache: str | None, threads: int | None, ict_path: str | None) -> None:
     """The landmark tracker's identity prior (model/identity_prior.py): the head model's code for ICT's mean
     head, and a regressor of the identity from one frame's landmarks (train/identity_prior.py)."""
     from train.identity_prior import IdentityPriorTrainConfig, train_identity_prior
@@ -561,8 +561,9 @@ def identity_prior(data_dir: str, extra_data: tuple[str, ...], out_path: str, he
         torch.set_num_threads(threads)
     train_identity_prior(IdentityPriorTrainConfig(data_dir=data_dir, out_path=out_path, extra_data=tuple(extra_data),
                                                   head_path=head_path, data_seed=data_seed, identities=identities,
-                                                  steps=steps, layers=layers, reader_ridge=reader_ridge, seed=seed, map_identities=map_identities,
-                                                  map_cache=map_cache, ict_path=ict_path), log=click.echo)
+                                                  steps=steps, layers=layers, reader_ridge=reader_ridge, seed=seed,
+                                                  map_identities=map_identities, map_cache=map_cache,
+                                                  ict_path=ict_path), log=click.echo)
 
 
 @main.command("landmark-regressor")

@@ -193,11 +193,10 @@ class IdentityPriorTrainConfig(LandmarkMlpTrainConfig):
     map_steps: int = 200
     map_cache: Optional[str] = None
     """Where the registered pairs are kept (resumable); ``None``: not kept."""
-    layers: int = 3
-    """The reader's hidden blocks (of ``hidden`` units); 0: linear, fitted in closed form with ``reader_ridge``."""
     reader_ridge: float = 3000.0
-    """Ridge of the linear reader on standardised features (README, identity section: 0.3 reads the most
-    identity, 3000 keeps the real clips' identity as steady as the MLP's)."""
+    """Ridge of the linear reader (``layers=0``: closed form, :func:`fit_linear_reader`) on standardised features
+    (README, identity section: 0.3 reads the most identity, 3000 keeps the real clips' identity as steady as the
+    MLP's)."""
     ict_path: Optional[str] = None
 
 

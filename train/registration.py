@@ -95,9 +95,7 @@ def register_points(layer: HeadLayer, surface_points: Tensor, cfg: RegisterConfi
         for step in range(cfg.steps):
             idx = torch.randint(0, n, (min(cfg.points_per_step, n),), generator=g)
             sdf = layer(surface_points[idx][None], z_id, z_ex).sdf
-            loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum()
-            if cfg.fit_expression:
-                loss = loss + cfg.lambda_ex * z_ex.square().sum()
+            loss = sdf.abs().mean() + cfg.lambda_id * z_id.square().sum() + cfg.lambda_ex * z_ex.square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -2,10 +2,10 @@
 
 Runs the CLI ``--runs`` times in fresh processes, one after another, and prints one JSON line with the fps
 each run reported (frames over the seconds from opening the video to the files written; Python's start and
-the imports are outside it) and each run's wall time (the whole command). The project's machine is a shared virtual one whose speed drifts
-by up to a third over minutes, so the median is the figure, min and max are printed beside it, and so is a
-reference: the milliseconds of a 2048x2048 float32 matrix product on the same threads just before each run
-(about 100 ms on two threads when the machine is at its usual speed)::
+the imports are outside it) and each run's wall time (the whole command). The project's machine is a shared
+virtual one whose speed drifts by up to a third over minutes, so the median is the figure, min and max are
+printed beside it, and so is a reference: the milliseconds of a 2048x2048 float32 matrix product on the same
+threads just before each run (about 100 ms on two threads when the machine is at its usual speed)::
 
     python tests/benchmarks/bench_cli_speed.py             # 5 runs, default settings, USD out
     python tests/benchmarks/bench_cli_speed.py --runs 9 --threads 1

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from train.geometry import surface_topology  # noqa: E402
 from train.ict import default_ict_path, load_ict  # noqa: E402
-from train.metrics import MM_PER_UNIT  # noqa: E402
+from train.metrics import MM_PER_UNIT, sample_on_mesh  # noqa: E402
 from train.registration import RegisterConfig, register_points  # noqa: E402
 from train.single_view_eval import evaluate_reconstruction, extract_head, ground_truth_surface  # noqa: E402
 from tracker.crop import CropConfig, crop_frames  # noqa: E402
@@ -132,7 +132,8 @@ def main() -> None:
                                                    regressed_prior_gain=1.0)
                       for p in priors for w in args.id_weights.split(",")}
     if args.identity_frames:
-        strategies = {f"{p}/{n}f": replace(strat, identity_frames=int(n), identity_wait=max(int(n), strat.identity_wait))
+        strategies = {f"{p}/{n}f": replace(strat, identity_frames=int(n),
+                                           identity_wait=max(int(n), strat.identity_wait))
                       for p, strat in strategies.items() for n in args.identity_frames.split(",")}
     priors = list(strategies)
     out: dict = {"bench": "identity", "priors": priors, "identity_prior_loaded": models.identity_prior is not None,
@@ -213,10 +214,7 @@ def main() -> None:
 def registered_identity(models: Models, truth, region, steps: int, points: int = 50_000) -> torch.Tensor:
     """``[1, D_id]`` the identity code registered to points on the true head's evaluated triangles (the
     expression held at the neutral code), started from the prior's centre (else the landmark map's origin)."""
-    import trimesh
-
-    faces = truth.triangles[region]
-    pts, _ = trimesh.sample.sample_surface(trimesh.Trimesh(truth.vertices, faces, process=False), points, seed=0)
+    pts, _, _ = sample_on_mesh(truth.vertices, truth.triangles, points, np.random.default_rng(0), face_mask=region)
     start = (models.landmarks.landmark_map.code_of(models.identity_prior.centre) if models.identity_prior is not None
              else models.landmarks.landmark_map.z0)
     reg = register_points(models.layer, torch.as_tensor(pts, dtype=torch.float32),

@@ -70,8 +70,9 @@ def test_registered_identities_resume_from_their_cache(tmp_path, kit, monkeypatc
 
     monkeypatch.setattr(ip, "register_centre", counted)
     cache = tmp_path / "pairs.npz"
-    w2, a2 = ip.registered_identities(models.layer, lmap, z_ex, kit, 2, steps=2, batch=64, cache=cache, log=lambda m: None)
-    w3, a3 = ip.registered_identities(models.layer, lmap, z_ex, kit, 3, steps=2, batch=64, cache=cache, log=lambda m: None)
+    quiet = dict(steps=2, batch=64, cache=cache, log=lambda m: None)
+    w2, a2 = ip.registered_identities(models.layer, lmap, z_ex, kit, 2, **quiet)
+    w3, a3 = ip.registered_identities(models.layer, lmap, z_ex, kit, 3, **quiet)
     assert calls == [0, 1, 2]  # identity k registered once, with seed k
     assert a2.shape == (2, lmap.rank) and a3.shape == (3, lmap.rank) and w3.shape == (3, kit.n_identity)
     np.testing.assert_array_equal(w3[:2], w2)
